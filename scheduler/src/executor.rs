@@ -1,0 +1,500 @@
+//! The local executor: claims runnable task instances from the store, runs them
+//! concurrently up to `parallelism`, and records their results in batches.
+//!
+//! One loop does both halves so the hot path is short: a result is recorded (which
+//! schedules its downstream in the same transaction) and the loop claims again at
+//! once, without waiting for a timer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sluice_core::Templates;
+use sluice_store::{now, Claimed, Outcome, RunState, Store, TryResult, XcomValue};
+use sluice_tasks::{Registry, TaskContext, TaskError, TryLog};
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{self, RunInfo};
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub parallelism: usize,
+    pub logs_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+    pub xcom_inline_max_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub shutdown_grace: Duration,
+    /// Longest sleep when idle; wake-ups normally come sooner.
+    pub idle_poll: Duration,
+}
+
+/// Something the executor did that others may wait for.
+#[derive(Clone, Debug)]
+pub enum ExecEvent {
+    RunFinished {
+        dag_id: String,
+        run_id: String,
+        state: RunState,
+    },
+}
+
+const CANCEL_NONE: u8 = 0;
+const CANCEL_SHUTDOWN: u8 = 1;
+const CANCEL_LEASE_LOST: u8 = 2;
+
+struct RunningTry {
+    lease: String,
+    claimed_at: std::time::Instant,
+    cancel: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    store: Store,
+    registry: Registry,
+    templates: Arc<Templates>,
+    cfg: ExecutorConfig,
+    worker_id: String,
+    hostname: String,
+    /// Wakes the loop: new work may be claimable.
+    pub wake: Arc<Notify>,
+    /// Wakes the scheduler: a run finished, so a queued run may start.
+    pub scheduler_wake: Arc<Notify>,
+    pub events: broadcast::Sender<ExecEvent>,
+    running: Arc<Mutex<HashMap<i64, RunningTry>>>,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Executor {
+    pub fn new(store: Store, registry: Registry, cfg: ExecutorConfig) -> Executor {
+        let (events, _) = broadcast::channel(1024);
+        let hostname = hostname();
+        Executor {
+            store,
+            registry,
+            templates: Arc::new(Templates::new()),
+            worker_id: format!(
+                "{hostname}-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            hostname,
+            cfg,
+            wake: Arc::new(Notify::new()),
+            scheduler_wake: Arc::new(Notify::new()),
+            events,
+            running: Arc::default(),
+        }
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Runs until `shutdown` fires; then stops claiming, lets running tries finish
+    /// within the grace period, stops the rest and reschedules them.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.store
+            .register_worker(&self.worker_id, &self.hostname, "executor")
+            .await?;
+        tracing::info!(worker = %self.worker_id, parallelism = self.cfg.parallelism, "executor started");
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
+        let (tx, mut rx) = mpsc::unbounded_channel::<TryResult>();
+        let mut pending: Vec<TryResult> = Vec::new();
+        let mut shutting_down = false;
+        let mut grace_deadline = tokio::time::Instant::now();
+        let mut next_retry: Option<DateTime<Utc>> = None;
+        let mut db_backoff = Duration::from_millis(100);
+        loop {
+            while let Ok(r) = rx.try_recv() {
+                pending.push(r);
+            }
+            // Record results first: that is what schedules the next tasks.
+            if !pending.is_empty() {
+                match self.store.finish(&pending).await {
+                    Ok(report) => {
+                        {
+                            let mut running = self.running.lock().expect("running map");
+                            for r in &pending {
+                                running.remove(&r.ti_id);
+                            }
+                        }
+                        pending.clear();
+                        db_backoff = Duration::from_millis(100);
+                        if report.stale > 0 {
+                            tracing::warn!(
+                                count = report.stale,
+                                "ignored results of tries this worker no longer owned"
+                            );
+                        }
+                        if let Some(at) = report.next_retry_at {
+                            next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                        }
+                        for (dag_id, run_id, state) in report.runs_finished {
+                            tracing::info!(%dag_id, %run_id, %state, "DAG run finished");
+                            let _ = self.events.send(ExecEvent::RunFinished {
+                                dag_id,
+                                run_id,
+                                state,
+                            });
+                            self.scheduler_wake.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        // Results are kept and recorded once the database is back.
+                        tracing::error!(
+                            "cannot record {} try results: {e}; retrying in {:?}",
+                            pending.len(),
+                            db_backoff
+                        );
+                        tokio::time::sleep(db_backoff).await;
+                        db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            // Results that arrived while recording: their slots are free already.
+            while let Ok(r) = rx.try_recv() {
+                pending.push(r);
+            }
+            let running_count = self.running.lock().expect("running map").len();
+            if shutting_down && running_count == 0 && pending.is_empty() {
+                break;
+            }
+            let busy = running_count.saturating_sub(pending.len());
+            let free = self.cfg.parallelism.saturating_sub(busy);
+            if !shutting_down && free > 0 {
+                match self
+                    .store
+                    .claim(&self.worker_id, &self.hostname, free)
+                    .await
+                {
+                    Ok(claimed) => {
+                        if next_retry.is_some_and(|t| t <= now()) {
+                            next_retry = None;
+                        }
+                        for c in claimed {
+                            self.spawn_try(c, tx.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot claim task instances: {e}");
+                        tokio::time::sleep(db_backoff).await;
+                        db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                continue;
+            }
+            let sleep_for = match next_retry {
+                Some(at) => (at - now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.cfg.idle_poll),
+                None => self.cfg.idle_poll,
+            };
+            tokio::select! {
+                r = rx.recv() => {
+                    if let Some(r) = r {
+                        pending.push(r);
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    grace_deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+                    let n = self.running.lock().expect("running map").len();
+                    tracing::info!("shutting down: no new tries; waiting up to {:?} for {n} running", self.cfg.shutdown_grace);
+                }
+                _ = tokio::time::sleep_until(grace_deadline), if shutting_down => {
+                    let running = self.running.lock().expect("running map");
+                    if !running.is_empty() {
+                        tracing::warn!("grace period over: stopping {} tries; they will run again", running.len());
+                    }
+                    for t in running.values() {
+                        t.reason.store(CANCEL_SHUTDOWN, Ordering::SeqCst);
+                        t.cancel.cancel();
+                    }
+                    grace_deadline += Duration::from_secs(3600);
+                }
+            }
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+        self.store.stop_worker(&self.worker_id).await?;
+        tracing::info!(worker = %self.worker_id, "executor stopped");
+        Ok(())
+    }
+
+    /// Proves the worker alive and stops local tries the store no longer gives it.
+    async fn heartbeat_loop(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.heartbeat_interval) => {}
+            }
+            let asked_at = std::time::Instant::now();
+            match self.store.heartbeat(&self.worker_id).await {
+                Ok(owned) => {
+                    let owned: HashMap<i64, String> = owned.into_iter().collect();
+                    let running = self.running.lock().expect("running map");
+                    for (ti_id, t) in running.iter() {
+                        // Only tries claimed before the heartbeat read can be judged; a
+                        // missing or different lease means another party took the try.
+                        if t.claimed_at < asked_at
+                            && owned.get(ti_id) != Some(&t.lease)
+                            && !t.cancel.is_cancelled()
+                        {
+                            tracing::warn!(ti_id, "try no longer owned by this worker (timed out, cleared or failed as a zombie): stopping it");
+                            t.reason.store(CANCEL_LEASE_LOST, Ordering::SeqCst);
+                            t.cancel.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::error!("heartbeat failed: {e}"),
+            }
+        }
+    }
+
+    fn spawn_try(&self, c: Claimed, results: mpsc::UnboundedSender<TryResult>) {
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(AtomicU8::new(CANCEL_NONE));
+        self.running.lock().expect("running map").insert(
+            c.ti_id,
+            RunningTry {
+                lease: c.lease.clone(),
+                claimed_at: std::time::Instant::now(),
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ti_id = c.ti_id;
+            let dag_run_id = c.dag_run_id;
+            let dag_version_id = c.dag_version_id;
+            let task_id = c.task_id.clone();
+            let lease = c.lease.clone();
+            // A panic inside a task kind must still produce a result, or the task
+            // instance would stay running until the zombie reaper found it.
+            let outcome = match tokio::spawn(this.clone().run_try(c, cancel, reason)).await {
+                Ok(outcome) => outcome,
+                Err(e) => Outcome::Failed {
+                    error: format!("the task crashed: {e}"),
+                    retryable: true,
+                },
+            };
+            let _ = results.send(TryResult {
+                ti_id,
+                dag_run_id,
+                dag_version_id,
+                task_id,
+                lease,
+                end: now(),
+                outcome,
+            });
+            this.wake.notify_one();
+        });
+    }
+
+    async fn run_try(
+        self,
+        c: Claimed,
+        cancel: CancellationToken,
+        reason: Arc<AtomicU8>,
+    ) -> Outcome {
+        let log_file = self.cfg.logs_dir.join(&c.log_path);
+        let log = TryLog::open(&log_file).unwrap_or_else(|e| {
+            tracing::warn!(path = %log_file.display(), "cannot open task log: {e}");
+            TryLog::discard()
+        });
+        log.info(&format!(
+            "try {} of {} of {}.{} in run {} on worker {}",
+            c.try_number, c.max_tries, c.dag_id, c.task_id, c.run_id, self.worker_id
+        ));
+        let outcome = self.execute(&c, &log, cancel, &reason).await;
+        match &outcome {
+            Outcome::Success(_) => log.info("task succeeded"),
+            Outcome::Failed { error, retryable } => log.error(&format!(
+                "task failed{}: {error}",
+                if *retryable { "" } else { " (not retryable)" }
+            )),
+            Outcome::Interrupted { reason } => log.warn(&format!("try interrupted: {reason}")),
+        }
+        outcome
+    }
+
+    async fn execute(
+        &self,
+        c: &Claimed,
+        log: &TryLog,
+        cancel: CancellationToken,
+        reason: &AtomicU8,
+    ) -> Outcome {
+        let fatal = |error: String| Outcome::Failed {
+            error,
+            retryable: false,
+        };
+        if c.pool_missing {
+            return fatal(format!(
+                "pool `{}` does not exist; create it (`sluice pools set {} SLOTS`) or change the task's pool",
+                c.pool, c.pool
+            ));
+        }
+        let dag = match self.store.dag_version(c.dag_version_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot load DAG version {}: {e}", c.dag_version_id),
+                    retryable: true,
+                }
+            }
+        };
+        let Some(task) = dag.task(&c.task_id) else {
+            return fatal(format!(
+                "task {} is not in DAG {} (version {})",
+                c.task_id, c.dag_id, c.dag_version_id
+            ));
+        };
+        let Some(kind) = self.registry.get(&task.kind) else {
+            return fatal(format!("unknown task kind `{}`", task.kind));
+        };
+        let raw = Value::Object(task.args.clone());
+        let args = if context::has_templates(&raw) {
+            let conf: Value =
+                serde_json::from_str(&c.conf).unwrap_or_else(|_| serde_json::json!({}));
+            let info = RunInfo {
+                dag: &dag,
+                task,
+                run_pk: Some(c.dag_run_id),
+                run_id: &c.run_id,
+                run_type: &c.run_type,
+                logical_date: c.logical_date,
+                data_interval_start: c.data_interval_start,
+                data_interval_end: c.data_interval_end,
+                conf: &conf,
+                try_number: c.try_number,
+                map_index: c.map_index,
+            };
+            let ctx = match context::build(
+                &self.store,
+                &self.templates,
+                &self.cfg.artifacts_dir,
+                &info,
+                &raw,
+            )
+            .await
+            {
+                Ok(ctx) => ctx,
+                Err(e) => return fatal(format!("cannot render templates: {e}")),
+            };
+            match self.templates.render_value(&raw, &ctx) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return fatal("rendered arguments are not a table".into()),
+                Err(e) => return fatal(format!("template error in `{}`", e)),
+            }
+        } else {
+            task.args.clone()
+        };
+        let tctx = TaskContext {
+            dag_id: c.dag_id.clone(),
+            run_id: c.run_id.clone(),
+            task_id: c.task_id.clone(),
+            map_index: c.map_index,
+            try_number: c.try_number,
+            log: log.clone(),
+            cancel: cancel.clone(),
+        };
+        let fut = kind.run(&tctx, args);
+        tokio::pin!(fut);
+        let timeout = task.timeout_ms.map(Duration::from_millis);
+        let result = match timeout {
+            Some(limit) => {
+                tokio::select! {
+                    r = &mut fut => r,
+                    _ = tokio::time::sleep(limit) => {
+                        log.error(&format!("timed out after {}", humantime::format_duration(limit)));
+                        cancel.cancel();
+                        // Let the kind clean up (stop child processes) before reporting.
+                        let _ = (&mut fut).await;
+                        return Outcome::Failed {
+                            error: format!("timed out after {}", humantime::format_duration(limit)),
+                            retryable: true,
+                        };
+                    }
+                }
+            }
+            None => fut.await,
+        };
+        match result {
+            Ok(value) => match self.store_xcom(c, value) {
+                Ok(x) => Outcome::Success(x),
+                Err(e) => Outcome::Failed {
+                    error: format!("cannot store the task's result: {e}"),
+                    retryable: true,
+                },
+            },
+            Err(TaskError::Failed(error)) => Outcome::Failed {
+                error,
+                retryable: true,
+            },
+            Err(TaskError::Fatal(error)) => fatal(error),
+            Err(TaskError::Cancelled) => match reason.load(Ordering::SeqCst) {
+                CANCEL_SHUTDOWN => Outcome::Interrupted {
+                    reason: "the worker shut down".into(),
+                },
+                _ => Outcome::Failed {
+                    error: "stopped: this worker no longer owns the try".into(),
+                    retryable: true,
+                },
+            },
+        }
+    }
+
+    /// Small values stay inline; large ones are written to the artifact store and the
+    /// XCom keeps their path.
+    fn store_xcom(&self, c: &Claimed, value: Value) -> std::io::Result<Option<XcomValue>> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let text = value.to_string();
+        if text.len() <= self.cfg.xcom_inline_max_bytes {
+            return Ok(Some(XcomValue::Inline(text)));
+        }
+        let name = if c.map_index >= 0 {
+            format!("{}.{}.json", c.task_id, c.map_index)
+        } else {
+            format!("{}.json", c.task_id)
+        };
+        let rel = PathBuf::from(&c.dag_id).join(&c.run_id).join(name);
+        let full = self.cfg.artifacts_dir.join(&rel);
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Write then rename, so a reader never sees half a file.
+        let tmp = full.with_extension(format!("json.tmp{}", c.try_number));
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, &full)?;
+        Ok(Some(XcomValue::Artifact {
+            path: rel.to_string_lossy().into_owned(),
+            size: text.len() as i64,
+        }))
+    }
+}

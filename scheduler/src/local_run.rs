@@ -1,0 +1,282 @@
+//! `sluice dags test` and `sluice tasks test`: run a DAG or a task in-process, outside
+//! any scheduler, to try a change before it is deployed.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sluice_core::{Dag, DataInterval, TaskDef, Templates};
+use sluice_store::{now, NewRun, RunType, Store};
+use sluice_tasks::{Registry, TaskContext, TaskError, TryLog};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{find_dag, parse_conf, parse_date, rfc3339, DagTestArgs};
+use crate::config::Config;
+use crate::context::{self, RunInfo};
+use crate::executor::{ExecEvent, Executor};
+
+/// The data interval a run at `logical` covers: the schedule's interval starting there,
+/// else the instant itself.
+fn interval_at(dag: &Dag, logical: DateTime<Utc>) -> DataInterval {
+    dag.intervals_after(logical, 1)
+        .into_iter()
+        .find(|iv| iv.start == logical)
+        .unwrap_or(DataInterval {
+            start: logical,
+            end: logical,
+        })
+}
+
+/// Copies variables and pools from the configured store into the throwaway one, so a
+/// test run sees the same configuration. The real store may be absent: then the test
+/// runs without them.
+async fn copy_configuration(cfg: &Config, to: &Store) {
+    let url = cfg.database_url();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        // Opening a SQLite store creates it: don't leave one behind just for a test.
+        if !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists() {
+            return;
+        }
+    }
+    let from = match tokio::time::timeout(Duration::from_secs(5), Store::connect(&url)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::warn!(
+                "store {} not reachable: testing without its variables and pools",
+                sluice_store::redact_url(&url)
+            );
+            return;
+        }
+    };
+    if let Ok(vars) = from.variables().await {
+        for v in vars {
+            let _ = to
+                .set_variable(&v.key, &v.value, v.description.as_deref())
+                .await;
+        }
+    }
+    if let Ok(pools) = from.pools().await {
+        for p in pools {
+            let _ = to
+                .set_pool(&p.name, p.slots, p.description.as_deref())
+                .await;
+        }
+    }
+}
+
+pub async fn dags_test(
+    cfg: &Config,
+    registry: &Registry,
+    args: DagTestArgs,
+) -> anyhow::Result<ExitCode> {
+    let conf = parse_conf(args.conf.as_deref())?;
+    let dag = find_dag(cfg, registry, &args.dag_id)?;
+    let logical = match &args.date {
+        Some(d) => parse_date(d, dag.timezone)?,
+        None => now(),
+    };
+    let home = tempfile::Builder::new()
+        .prefix("sluice-dags-test-")
+        .tempdir()?;
+    let mut test_cfg = cfg.clone();
+    test_cfg.home = home.path().to_path_buf();
+    test_cfg.database_url = Some(format!(
+        "sqlite://{}",
+        home.path().join("test.db").display()
+    ));
+    let store = Store::connect(&test_cfg.database_url()).await?;
+    store.migrate().await?;
+    copy_configuration(cfg, &store).await;
+    store.sync_dag(&dag, false).await?;
+    let interval = interval_at(&dag, logical);
+    let run = store
+        .create_run(
+            &NewRun {
+                dag_id: dag.dag_id.clone(),
+                run_id: RunType::Manual.run_id(logical),
+                run_type: RunType::Manual,
+                logical_date: logical,
+                data_interval_start: interval.start,
+                data_interval_end: interval.end,
+                conf,
+            },
+            "dags-test",
+        )
+        .await?
+        .ok_or_else(|| anyhow!("could not create the test run"))?;
+    let executor = Executor::new(
+        store.clone(),
+        registry.clone(),
+        crate::executor_config(&test_cfg),
+    );
+    let mut events = executor.events.subscribe();
+    store.start_queued_runs(&dag.dag_id).await?;
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(executor.run(stop.clone()));
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                if let Ok(ExecEvent::RunFinished { run_id, .. }) = ev {
+                    if run_id == run.run_id {
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                // Runs can also end by timing out, which no try reports.
+                store.time_out_runs().await?;
+                let state = store.run_by_pk(run.id).await?.map(|r| r.state);
+                if matches!(state.as_deref(), Some("success" | "failed")) {
+                    break;
+                }
+            }
+        }
+    }
+    stop.cancel();
+    handle.await??;
+    let elapsed = started.elapsed();
+    let final_run = store
+        .run_by_pk(run.id)
+        .await?
+        .ok_or_else(|| anyhow!("the test run disappeared"))?;
+    let tis = store.task_instances(run.id).await?;
+    let succeeded = final_run.state == "success";
+    if args.json {
+        let out = json!({
+            "dag_id": final_run.dag_id,
+            "run_id": final_run.run_id,
+            "state": final_run.state,
+            "task_instances": tis.iter().map(|t| json!({
+                "task_id": t.task_id,
+                "map_index": t.map_index,
+                "state": t.state_label(),
+                "try_number": t.try_number,
+                "duration_ms": t.duration_ms,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "DAG {} run {} (logical date {}) finished {} in {:.3}s",
+            final_run.dag_id,
+            final_run.run_id,
+            rfc3339(final_run.logical_date),
+            final_run.state,
+            elapsed.as_secs_f64()
+        );
+        let mut rows = Vec::new();
+        for t in &tis {
+            rows.push(format!(
+                "  {:<30} {:<16} try {:<3} {}",
+                if t.map_index >= 0 {
+                    format!("{}[{}]", t.task_id, t.map_index)
+                } else {
+                    t.task_id.clone()
+                },
+                t.state_label(),
+                t.try_number,
+                t.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()
+            ));
+        }
+        println!("{}", rows.join("\n"));
+        for t in tis.iter().filter(|t| t.state.as_deref() == Some("failed")) {
+            println!(
+                "\n--- {} failed: {}",
+                t.task_id,
+                t.error.clone().unwrap_or_default()
+            );
+            let path = test_cfg.logs_dir().join(sluice_store::log_path(
+                &t.dag_id,
+                &t.run_id,
+                &t.task_id,
+                t.map_index,
+                t.try_number,
+            ));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                for l in &lines[lines.len().saturating_sub(20)..] {
+                    println!("    {l}");
+                }
+            }
+        }
+    }
+    store.close().await;
+    Ok(if succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs one task with its templates rendered, no dependencies, nothing recorded.
+pub async fn run_single_task(
+    store: &Store,
+    registry: &Registry,
+    cfg: &Config,
+    dag: &Dag,
+    task: &TaskDef,
+    logical: DateTime<Utc>,
+    conf: &Value,
+) -> anyhow::Result<ExitCode> {
+    let kind = registry
+        .get(&task.kind)
+        .ok_or_else(|| anyhow!("unknown task kind {}", task.kind))?;
+    let templates = Templates::new();
+    let interval = interval_at(dag, logical);
+    let run_id = RunType::Manual.run_id(logical);
+    let raw = Value::Object(task.args.clone());
+    let info = RunInfo {
+        dag,
+        task,
+        run_pk: None,
+        run_id: &run_id,
+        run_type: "manual",
+        logical_date: logical,
+        data_interval_start: interval.start,
+        data_interval_end: interval.end,
+        conf,
+        try_number: 1,
+        map_index: -1,
+    };
+    let ctx = context::build(store, &templates, &cfg.artifacts_dir(), &info, &raw)
+        .await
+        .map_err(|e| anyhow!("cannot render templates of {}: {e}", task.task_id))?;
+    let args = match templates.render_value(&raw, &ctx)? {
+        Value::Object(m) => m,
+        _ => return Err(anyhow!("rendered arguments are not a table")),
+    };
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("task.log");
+    let log = TryLog::open(&log_path).context("cannot create the task log")?;
+    let tctx = TaskContext {
+        dag_id: dag.dag_id.clone(),
+        run_id,
+        task_id: task.task_id.clone(),
+        map_index: -1,
+        try_number: 1,
+        log,
+        cancel: CancellationToken::new(),
+    };
+    let fut = kind.run(&tctx, args);
+    let result = match task.timeout_ms {
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TaskError::Failed(format!("timed out after {ms} ms"))),
+        },
+        None => fut.await,
+    };
+    print!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    match result {
+        Ok(v) => {
+            println!("Task {} succeeded; XCom value: {}", task.task_id, v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("Task {} failed: {e}", task.task_id);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Task kinds behind one trait.
+//!
+//! A kind receives its arguments already rendered (templates resolved, `[defaults]`
+//! merged) as a JSON object, writes what it does to the try's log, and returns a JSON
+//! value — the XCom downstream tasks read. The executor owns everything around it:
+//! claiming, timeouts, retries, recording.
+
+mod log;
+mod noop;
+mod shell;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sluice_core::{KindKeys, KindRegistry};
+use tokio_util::sync::CancellationToken;
+
+pub use log::TryLog;
+pub use noop::Noop;
+pub use shell::Shell;
+
+/// Why a try failed. The variant decides what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The try failed; it is retried if the task has retries left.
+    #[error("{0}")]
+    Failed(String),
+    /// The try cannot succeed by retrying (bad arguments): fail without retrying.
+    #[error("{0}")]
+    Fatal(String),
+    /// The executor cancelled the try (timeout, shutdown, lease lost).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What a running try knows about itself.
+pub struct TaskContext {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub try_number: i64,
+    pub log: TryLog,
+    /// Fires when the try must stop; kinds that wait on I/O or child processes select
+    /// on it and clean up.
+    pub cancel: CancellationToken,
+}
+
+#[async_trait::async_trait]
+pub trait TaskKind: Send + Sync + 'static {
+    /// The `kind = "…"` name in DAG files.
+    fn name(&self) -> &'static str;
+    /// The kind's own keys, for validating DAG files before anything runs.
+    fn keys(&self) -> KindKeys;
+    async fn run(&self, ctx: &TaskContext, args: Map<String, Value>) -> Result<Value, TaskError>;
+}
+
+/// The task kinds this build knows, by name.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn TaskKind>>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry {
+            kinds: BTreeMap::new(),
+        }
+    }
+
+    /// Every built-in kind.
+    pub fn builtin() -> Self {
+        let mut r = Registry::empty();
+        r.register(Arc::new(Noop));
+        r.register(Arc::new(Shell));
+        r
+    }
+
+    pub fn register(&mut self, kind: Arc<dyn TaskKind>) {
+        self.kinds.insert(kind.name(), kind);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn TaskKind>> {
+        self.kinds.get(name)
+    }
+}
+
+impl KindRegistry for Registry {
+    fn kind_keys(&self, kind: &str) -> Option<KindKeys> {
+        self.kinds.get(kind).map(|k| k.keys())
+    }
+
+    fn kind_names(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+}
+
+/// Reads an optional string argument.
+pub(crate) fn opt_str<'a>(
+    args: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, TaskError> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(TaskError::Fatal(format!(
+            "`{key}` must be a string, got {}",
+            short(other)
+        ))),
+    }
+}
+
+/// A value shortened for an error message.
+pub(crate) fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
