@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh)"
-cargo test --workspace --locked "$@"
+# --all-targets: unit and integration tests (the crates have no doc tests).
+cargo test --workspace --all-targets --locked "$@"
