@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use serde_json::json;
 use sluice_core::loader::load_file;
-use sluice_store::{now, NewRun, RunType, Store};
+use sluice_store::{now, NewRun, Store};
 use sluice_tasks::Registry;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -204,15 +204,7 @@ async fn measure(
     let logical = now();
     let run = store
         .create_run(
-            &NewRun {
-                dag_id: dag.dag_id.clone(),
-                run_id: RunType::Manual.run_id(logical),
-                run_type: RunType::Manual,
-                logical_date: logical,
-                data_interval_start: logical,
-                data_interval_end: logical,
-                conf: json!({}),
-            },
+            &NewRun::manual(&dag.dag_id, logical, None, json!({})),
             "bench",
         )
         .await?

@@ -78,6 +78,12 @@ pub enum DagsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The import errors the scheduler recorded: files that failed to load (their DAGs
+    /// keep running on the last good version).
+    ListImportErrors {
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate DAG files (default: the whole DAG folder). Prints PATH:LINE:COL: message
     /// for every problem; exits non-zero if there is any.
     Validate { paths: Vec<PathBuf> },
@@ -425,6 +431,34 @@ fn interval_json(dag: &Dag, iv: &DataInterval) -> Value {
 async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DagsCommand::Validate { paths } => Ok(validate(cfg, registry, &paths)),
+        DagsCommand::ListImportErrors { json } => {
+            let store = crate::open_store(cfg).await?;
+            let rows = store.import_errors().await?;
+            if json {
+                let out: Vec<Value> = rows
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "filename": r.fileloc,
+                            "timestamp": rfc3339(r.updated_at),
+                            "errors": serde_json::from_str::<Value>(&r.errors).unwrap_or(Value::Null),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if rows.is_empty() {
+                println!("No import errors.");
+            } else {
+                for r in &rows {
+                    let diags: Vec<sluice_core::Diagnostic> =
+                        serde_json::from_str(&r.errors).unwrap_or_default();
+                    for d in diags {
+                        println!("{d}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         DagsCommand::Next {
             dag_id,
             count,
@@ -461,8 +495,8 @@ async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Re
                         ]
                     })
                     .collect();
-                let tz_start = format!("start ({})", dag.timezone.name());
-                let tz_end = format!("end ({})", dag.timezone.name());
+                let tz_start = format!("start, local ({})", dag.timezone.name());
+                let tz_end = format!("end, local ({})", dag.timezone.name());
                 table(&["start (UTC)", "end (UTC)", &tz_start, &tz_end], &rows);
             }
             Ok(ExitCode::SUCCESS)

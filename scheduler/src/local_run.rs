@@ -93,15 +93,12 @@ pub async fn dags_test(
     let interval = interval_at(&dag, logical);
     let run = store
         .create_run(
-            &NewRun {
-                dag_id: dag.dag_id.clone(),
-                run_id: RunType::Manual.run_id(logical),
-                run_type: RunType::Manual,
-                logical_date: logical,
-                data_interval_start: interval.start,
-                data_interval_end: interval.end,
+            &NewRun::manual(
+                &dag.dag_id,
+                logical,
+                Some((interval.start, interval.end)),
                 conf,
-            },
+            ),
             "dags-test",
         )
         .await?

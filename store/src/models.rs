@@ -144,6 +144,28 @@ pub struct NewRun {
     pub conf: serde_json::Value,
 }
 
+impl NewRun {
+    /// A manual run at `logical_date`, covering the instant itself unless `interval`
+    /// says otherwise.
+    pub fn manual(
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+        interval: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        conf: serde_json::Value,
+    ) -> NewRun {
+        let (start, end) = interval.unwrap_or((logical_date, logical_date));
+        NewRun {
+            dag_id: dag_id.to_string(),
+            run_id: RunType::Manual.run_id(logical_date),
+            run_type: RunType::Manual,
+            logical_date,
+            data_interval_start: start,
+            data_interval_end: end,
+            conf,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunType {
     Scheduled,

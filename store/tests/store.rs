@@ -41,22 +41,19 @@ fn dag(src: &str) -> Dag {
 async fn manual_run(store: &Store, dag_id: &str, offset_s: i64) -> i64 {
     let t = now() - Duration::seconds(offset_s);
     store
-        .create_run(
-            &NewRun {
-                dag_id: dag_id.into(),
-                run_id: RunType::Manual.run_id(t),
-                run_type: RunType::Manual,
-                logical_date: t,
-                data_interval_start: t,
-                data_interval_end: t,
-                conf: json!({}),
-            },
-            "test",
-        )
+        .create_run(&NewRun::manual(dag_id, t, None, json!({})), "test")
         .await
         .expect("create run")
         .expect("new run")
         .id
+}
+
+/// Records the DAG, creates a manual run and starts it.
+async fn started(store: &Store, src: &str, dag_id: &str) -> i64 {
+    store.sync_dag(&dag(src), false).await.expect("sync");
+    let run = manual_run(store, dag_id, 0).await;
+    store.start_queued_runs(dag_id).await.expect("start");
+    run
 }
 
 fn result(c: &Claimed, outcome: Outcome) -> TryResult {
@@ -292,9 +289,7 @@ async fn failure_of_a_leaf_fails_the_run_and_skips_cascade() {
     let src = "[dag]\nid = \"f\"\n[tasks.a]\nkind = \"noop\"\n[tasks.b]\nkind = \"noop\"\nupstream = [\"a\"]\n[tasks.c]\nkind = \"noop\"\nupstream = [\"b\"]\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "f", 0).await;
-        store.start_queued_runs("f").await.expect("start");
+        let run = started(store, src, "f").await;
         let c = claim_all(store, 5).await;
         let report = store
             .finish(&[result(&c[0], fail(true))])
@@ -314,9 +309,7 @@ async fn retries_wait_for_their_delay_and_count_tries() {
     let src = "[dag]\nid = \"r\"\n[tasks.a]\nkind = \"noop\"\nretries = 2\nretry_delay = \"2s\"\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "r", 0).await;
-        store.start_queued_runs("r").await.expect("start");
+        let run = started(store, src, "r").await;
         let c = claim_all(store, 5).await;
         assert_eq!(c[0].try_number, 1, "{name}");
         let report = store
@@ -496,9 +489,7 @@ async fn dead_workers_tries_are_retried_and_their_late_results_ignored() {
     let src = "[dag]\nid = \"z\"\n[tasks.a]\nkind = \"noop\"\nretries = 1\nretry_delay = \"0s\"\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "z", 0).await;
-        store.start_queued_runs("z").await.expect("start");
+        let run = started(store, src, "z").await;
         store
             .register_worker("dead", "h1", "test")
             .await
@@ -569,9 +560,7 @@ async fn interrupted_tries_run_again_without_using_a_retry() {
     let src = "[dag]\nid = \"i\"\n[tasks.a]\nkind = \"noop\"\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "i", 0).await;
-        store.start_queued_runs("i").await.expect("start");
+        let run = started(store, src, "i").await;
         let c = claim_all(store, 5).await;
         store
             .finish(&[result(
@@ -611,9 +600,7 @@ async fn xcom_values_inline_and_spilled() {
     let src = "[dag]\nid = \"x\"\n[tasks.a]\nkind = \"noop\"\n[tasks.b]\nkind = \"noop\"\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "x", 0).await;
-        store.start_queued_runs("x").await.expect("start");
+        let run = started(store, src, "x").await;
         let c = claim_all(store, 5).await;
         let results: Vec<TryResult> = c
             .iter()
@@ -660,9 +647,7 @@ async fn run_timeout_fails_the_run_and_takes_the_lease() {
     let src = "[dag]\nid = \"t\"\ndagrun_timeout = \"1s\"\n[tasks.a]\nkind = \"noop\"\n[tasks.b]\nkind = \"noop\"\nupstream = [\"a\"]\n";
     for (name, db) in TestDb::both().await {
         let store = &db.store;
-        store.sync_dag(&dag(src), false).await.expect("sync");
-        let run = manual_run(store, "t", 0).await;
-        store.start_queued_runs("t").await.expect("start");
+        let run = started(store, src, "t").await;
         let c = claim_all(store, 5).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
