@@ -6,7 +6,7 @@
 //! try records the store keeps, so they include every transaction on the hot path.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -15,10 +15,8 @@ use sluice_core::loader::load_file;
 use sluice_store::{now, NewRun, Store};
 use sluice_tasks::Registry;
 use sqlx::Connection;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::executor::{ExecEvent, Executor};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -195,42 +193,27 @@ async fn measure(
     let store = Store::connect(url).await?;
     store.migrate().await?;
     store.set_pool("default_pool", 1_000_000, None).await?;
-    store.sync_dag(&dag, false).await?;
     let mut bench_cfg = cfg.clone();
     bench_cfg.home = home.path().to_path_buf();
     if let Some(p) = args.parallelism {
         bench_cfg.parallelism = p;
     }
-    let logical = now();
-    let run = store
-        .create_run(
-            &NewRun::manual(&dag.dag_id, logical, None, json!({})),
-            "bench",
-        )
-        .await?
-        .ok_or_else(|| anyhow!("could not create the bench run"))?;
-    let executor = Executor::new(store.clone(), registry, crate::executor_config(&bench_cfg));
-    let mut events = executor.events.subscribe();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(executor.clone().run(stop.clone()));
     let started = Instant::now();
-    store.start_queued_runs(&dag.dag_id).await?;
-    executor.wake.notify_one();
-    let deadline = Duration::from_secs(600);
-    loop {
-        let ev = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), events.recv())
-            .await
-            .map_err(|_| anyhow!("bench run did not finish within {deadline:?}"))?;
-        if let Ok(ExecEvent::RunFinished { run_id, state, .. }) = ev {
-            if run_id == run.run_id {
-                anyhow::ensure!(state.as_str() == "success", "bench run ended {state}");
-                break;
-            }
-        }
-    }
+    let run = crate::local_run::run_to_completion(
+        &store,
+        &registry,
+        crate::executor_config(&bench_cfg),
+        &dag,
+        NewRun::manual(&dag.dag_id, now(), None, json!({})),
+    )
+    .await?;
     let wall = started.elapsed();
-    stop.cancel();
-    handle.await??;
+    let state = store
+        .run_by_pk(run.id)
+        .await?
+        .map(|r| r.state)
+        .unwrap_or_default();
+    anyhow::ensure!(state == "success", "bench run ended {state}");
     let tries = store.run_tries(run.id).await?;
     store.close().await;
     let mut starts = std::collections::HashMap::new();

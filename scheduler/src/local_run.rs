@@ -89,51 +89,21 @@ pub async fn dags_test(
     let store = Store::connect(&test_cfg.database_url()).await?;
     store.migrate().await?;
     copy_configuration(cfg, &store).await;
-    store.sync_dag(&dag, false).await?;
     let interval = interval_at(&dag, logical);
-    let run = store
-        .create_run(
-            &NewRun::manual(
-                &dag.dag_id,
-                logical,
-                Some((interval.start, interval.end)),
-                conf,
-            ),
-            "dags-test",
-        )
-        .await?
-        .ok_or_else(|| anyhow!("could not create the test run"))?;
-    let executor = Executor::new(
-        store.clone(),
-        registry.clone(),
-        crate::executor_config(&test_cfg),
-    );
-    let mut events = executor.events.subscribe();
-    store.start_queued_runs(&dag.dag_id).await?;
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(executor.run(stop.clone()));
     let started = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            ev = events.recv() => {
-                if let Ok(ExecEvent::RunFinished { run_id, .. }) = ev {
-                    if run_id == run.run_id {
-                        break;
-                    }
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                // Runs can also end by timing out, which no try reports.
-                store.time_out_runs().await?;
-                let state = store.run_by_pk(run.id).await?.map(|r| r.state);
-                if matches!(state.as_deref(), Some("success" | "failed")) {
-                    break;
-                }
-            }
-        }
-    }
-    stop.cancel();
-    handle.await??;
+    let run = run_to_completion(
+        &store,
+        registry,
+        crate::executor_config(&test_cfg),
+        &dag,
+        NewRun::manual(
+            &dag.dag_id,
+            logical,
+            Some((interval.start, interval.end)),
+            conf,
+        ),
+    )
+    .await?;
     let elapsed = started.elapsed();
     let final_run = store
         .run_by_pk(run.id)
@@ -206,6 +176,51 @@ pub async fn dags_test(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Records `dag`, creates the run `new`, and runs it with an in-process executor until
+/// it finishes (by its tries, or by its dagrun_timeout). Returns the run as recorded at
+/// its start; read its final state from the store.
+pub async fn run_to_completion(
+    store: &Store,
+    registry: &Registry,
+    exec_cfg: crate::executor::ExecutorConfig,
+    dag: &Dag,
+    new: NewRun,
+) -> anyhow::Result<sluice_store::RunRow> {
+    store.sync_dag(dag, false).await?;
+    let run = store
+        .create_run(&new, "local")
+        .await?
+        .ok_or_else(|| anyhow!("a run {} of {} exists already", new.run_id, new.dag_id))?;
+    let executor = Executor::new(store.clone(), registry.clone(), exec_cfg);
+    let mut events = executor.events.subscribe();
+    store.start_queued_runs(&dag.dag_id).await?;
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(executor.clone().run(stop.clone()));
+    executor.wake.notify_one();
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                if let Ok(ExecEvent::RunFinished { run_id, .. }) = ev {
+                    if run_id == run.run_id {
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                // Runs can also end by timing out, which no try reports.
+                store.time_out_runs().await?;
+                let state = store.run_by_pk(run.id).await?.map(|r| r.state);
+                if matches!(state.as_deref(), Some("success" | "failed")) {
+                    break;
+                }
+            }
+        }
+    }
+    stop.cancel();
+    handle.await??;
+    Ok(run)
 }
 
 /// Runs one task with its templates rendered, no dependencies, nothing recorded.
