@@ -43,8 +43,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("cannot connect to the metadata database at {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    #[error("cannot connect to the metadata database at {url}: {cause}")]
+    Connect { url: String, cause: sqlx::Error },
     #[error("stored DAG version {id} is unreadable: {reason}")]
     BadVersion { id: i64, reason: String },
     #[error("{0}")]
@@ -120,6 +120,7 @@ pub struct Store {
     pub(crate) db: Db,
     pub(crate) dialect: Dialect,
     url: String,
+    sqlite_path: Option<std::path::PathBuf>,
     /// DAG versions are immutable once written, so a cache never goes stale.
     versions: Arc<RwLock<HashMap<i64, Arc<Dag>>>>,
 }
@@ -128,6 +129,23 @@ pub struct Store {
 /// written and read back compares equal.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// Takes an exclusive lock on `path` (created if missing), held until the file is
+/// dropped. Blocks in a thread, not on the runtime.
+async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File> {
+    let locked = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("migration lock task failed: {e}")))?;
+    locked.map_err(|e| StoreError::Db(sqlx::Error::Io(e)))
 }
 
 /// A database URL with any password replaced by `***`, for messages and logs.
@@ -157,15 +175,26 @@ pub fn redact_url(url: &str) -> String {
 impl Store {
     /// Connects once. `url` is `sqlite://PATH` (created when missing) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Store> {
-        let connect_err = |source| StoreError::Connect {
+        let connect_err = |cause| StoreError::Connect {
             url: redact_url(url),
-            source,
+            cause,
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts: PgConnectOptions = url.parse().map_err(connect_err)?;
             let opts = opts
                 .log_statements(tracing::log::LevelFilter::Trace)
                 .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(200));
+            // One direct connection first: the pool would retry a refused connection
+            // silently until its acquire timeout, hiding the cause; this fails at once
+            // with it, and the caller decides whether to retry.
+            let probe = tokio::time::timeout(
+                Duration::from_secs(10),
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+            )
+            .await
+            .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+            .map_err(connect_err)?;
+            let _ = sqlx::Connection::close(probe).await;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .min_connections(1)
@@ -186,6 +215,7 @@ impl Store {
                 .foreign_keys(true)
                 .log_statements(tracing::log::LevelFilter::Trace)
                 .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(200));
+            let path = opts.get_filename().to_path_buf();
             if let Some(parent) = opts.get_filename().parent() {
                 if !parent.as_os_str().is_empty() {
                     std::fs::create_dir_all(parent).map_err(|e| {
@@ -203,7 +233,9 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?;
-            Ok(Self::from_db(Db::Sqlite(pool), Dialect::Sqlite, url))
+            let mut store = Self::from_db(Db::Sqlite(pool), Dialect::Sqlite, url);
+            store.sqlite_path = Some(path);
+            Ok(store)
         } else {
             Err(StoreError::Invalid(format!(
                 "unsupported database URL {}: use sqlite://PATH or postgres://USER@HOST/DB",
@@ -240,6 +272,7 @@ impl Store {
             db,
             dialect,
             url: url.to_string(),
+            sqlite_path: None,
             versions: Arc::default(),
         }
     }
@@ -253,10 +286,20 @@ impl Store {
         redact_url(&self.url)
     }
 
-    /// Applies pending migrations (idempotent; safe from several processes at once).
+    /// Applies pending migrations (idempotent; safe from several processes at once:
+    /// PostgreSQL migrations take an advisory lock, SQLite ones a lock file beside the
+    /// database, since sqlx's SQLite migrator does not lock).
     pub async fn migrate(&self) -> Result<()> {
         match &self.db {
-            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Db::Sqlite(pool) => {
+                let lock = match &self.sqlite_path {
+                    Some(path) => Some(lock_file(path.with_extension("migrate.lock")).await?),
+                    None => None,
+                };
+                let result = SQLITE_MIGRATIONS.run(pool).await;
+                drop(lock);
+                result?
+            }
             Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
