@@ -22,6 +22,7 @@ pub const CONTEXT_NAMES: &[&str] = &[
     "task",
     "try_number",
     "macros",
+    "secrets",
 ];
 
 /// A template that does not parse.

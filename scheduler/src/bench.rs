@@ -202,7 +202,7 @@ async fn measure(
     let run = crate::local_run::run_to_completion(
         &store,
         &registry,
-        crate::executor_config(&bench_cfg),
+        crate::executor_config(&bench_cfg)?,
         &dag,
         NewRun::manual(&dag.dag_id, now(), None, json!({})),
     )

@@ -23,6 +23,10 @@ pub struct Config {
     /// Whether a DAG seen for the first time starts paused (Airflow's default: yes).
     pub dags_paused_at_creation: bool,
     pub scheduler: SchedulerConfig,
+    /// Named connections: name → URI. `SLUICE_CONN_<NAME>` variables add and override.
+    pub connections: std::collections::BTreeMap<String, String>,
+    /// Named secrets: name → value. `SLUICE_SECRET_<NAME>` variables add and override.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +60,8 @@ impl Default for Config {
             xcom_inline_max_bytes: 64 * 1024,
             dags_paused_at_creation: true,
             scheduler: SchedulerConfig::default(),
+            connections: Default::default(),
+            secrets: Default::default(),
         }
     }
 }

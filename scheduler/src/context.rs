@@ -10,6 +10,7 @@ use minijinja::Value as JValue;
 use serde_json::{Map, Value};
 use sluice_core::{Dag, TaskDef, Templates};
 use sluice_store::{Store, XcomValue};
+use sluice_tasks::Secrets;
 
 /// What the context is built for.
 pub struct RunInfo<'a> {
@@ -86,6 +87,7 @@ pub async fn build(
     store: &Store,
     templates: &Templates,
     artifacts_dir: &Path,
+    secrets: &Secrets,
     info: &RunInfo<'_>,
     args: &Value,
 ) -> Result<JValue, String> {
@@ -187,6 +189,20 @@ pub async fn build(
             }
         }
         ctx.insert("xcom".into(), JValue::from_serialize(&values));
+    }
+
+    let (secret_names, secrets_dynamic) = members(&refs, "secrets");
+    if secrets_dynamic || !secret_names.is_empty() {
+        let all = secrets.for_templates();
+        for name in &secret_names {
+            if !all.contains_key(name) {
+                return Err(format!(
+                    "secret `{name}` is not set: set SLUICE_SECRET_{} or add it under [secrets] in sluice.toml",
+                    name.to_uppercase()
+                ));
+            }
+        }
+        ctx.insert("secrets".into(), JValue::from_serialize(&all));
     }
 
     let (var_kinds, var_dynamic) = members(&refs, "var");

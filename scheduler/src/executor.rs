@@ -14,8 +14,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sluice_core::Templates;
-use sluice_store::{now, Claimed, Outcome, RunState, Store, TryResult, XcomValue};
-use sluice_tasks::{Registry, TaskContext, TaskError, TryLog};
+use sluice_store::{
+    now, Claimed, Outcome, RunState, StateProposal, Store, TryIo, TryResult, XcomValue,
+};
+use sluice_tasks::{
+    Connections, Masker, Registry, Secrets, StateBackend, TaskContext, TaskError, TaskState,
+    TryLog, TryMetrics,
+};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +28,8 @@ use crate::context::{self, RunInfo};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
+    pub connections: Connections,
+    pub secrets: Secrets,
     pub parallelism: usize,
     pub logs_dir: PathBuf,
     pub artifacts_dir: PathBuf,
@@ -68,6 +75,32 @@ pub struct Executor {
     pub scheduler_wake: Arc<Notify>,
     pub events: broadcast::Sender<ExecEvent>,
     running: Arc<Mutex<HashMap<i64, RunningTry>>>,
+    /// Hides secret values and connection passwords in logs and stored errors.
+    masker: Masker,
+}
+
+/// Task state read from the metadata store.
+struct StoreState(Store);
+
+#[async_trait::async_trait]
+impl StateBackend for StoreState {
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, String> {
+        self.0
+            .state_get_many(namespace, keys)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What a finished try hands back besides its outcome.
+struct TryOutput {
+    outcome: Outcome,
+    io: TryIo,
+    proposals: Vec<StateProposal>,
 }
 
 pub fn hostname() -> String {
@@ -83,7 +116,14 @@ impl Executor {
     pub fn new(store: Store, registry: Registry, cfg: ExecutorConfig) -> Executor {
         let (events, _) = broadcast::channel(1024);
         let hostname = hostname();
+        let masker = Masker::new(
+            cfg.secrets
+                .values()
+                .into_iter()
+                .chain(cfg.connections.passwords()),
+        );
         Executor {
+            masker,
             store,
             registry,
             templates: Arc::new(Templates::new()),
@@ -294,11 +334,15 @@ impl Executor {
             let lease = c.lease.clone();
             // A panic inside a task kind must still produce a result, or the task
             // instance would stay running until the zombie reaper found it.
-            let outcome = match tokio::spawn(this.clone().run_try(c, cancel, reason)).await {
-                Ok(outcome) => outcome,
-                Err(e) => Outcome::Failed {
-                    error: format!("the task crashed: {e}"),
-                    retryable: true,
+            let output = match tokio::spawn(this.clone().run_try(c, cancel, reason)).await {
+                Ok(output) => output,
+                Err(e) => TryOutput {
+                    outcome: Outcome::Failed {
+                        error: format!("the task crashed: {e}"),
+                        retryable: true,
+                    },
+                    io: TryIo::default(),
+                    proposals: Vec::new(),
                 },
             };
             let _ = results.send(TryResult {
@@ -308,7 +352,9 @@ impl Executor {
                 task_id,
                 lease,
                 end: now(),
-                outcome,
+                outcome: output.outcome,
+                io: output.io,
+                proposals: output.proposals,
             });
             this.wake.notify_one();
         });
@@ -319,9 +365,9 @@ impl Executor {
         c: Claimed,
         cancel: CancellationToken,
         reason: Arc<AtomicU8>,
-    ) -> Outcome {
+    ) -> TryOutput {
         let log_file = self.cfg.logs_dir.join(&c.log_path);
-        let log = TryLog::open(&log_file).unwrap_or_else(|e| {
+        let log = TryLog::open_masked(&log_file, self.masker.clone()).unwrap_or_else(|e| {
             tracing::warn!(path = %log_file.display(), "cannot open task log: {e}");
             TryLog::discard()
         });
@@ -329,7 +375,22 @@ impl Executor {
             "try {} of {} of {}.{} in run {} on worker {}",
             c.try_number, c.max_tries, c.dag_id, c.task_id, c.run_id, self.worker_id
         ));
-        let outcome = self.execute(&c, &log, cancel, &reason).await;
+        let state = Arc::new(TaskState::new(
+            Arc::new(StoreState(self.store.clone())),
+            format!("{}.{}", c.dag_id, c.task_id),
+        ));
+        let metrics = TryMetrics::default();
+        let outcome = match self
+            .execute(&c, &log, cancel, &reason, state.clone(), metrics.clone())
+            .await
+        {
+            // Errors are stored and shown: keep secrets out of them.
+            Outcome::Failed { error, retryable } => Outcome::Failed {
+                error: self.masker.mask(&error),
+                retryable,
+            },
+            other => other,
+        };
         match &outcome {
             Outcome::Success(_) => log.info("task succeeded"),
             Outcome::Failed { error, retryable } => log.error(&format!(
@@ -338,7 +399,31 @@ impl Executor {
             )),
             Outcome::Interrupted { reason } => log.warn(&format!("try interrupted: {reason}")),
         }
-        outcome
+        let m = metrics.snapshot();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let proposals = if matches!(outcome, Outcome::Success(_)) {
+            state
+                .take_proposals()
+                .into_iter()
+                .map(|(key, value)| StateProposal {
+                    namespace: state.namespace().to_string(),
+                    key,
+                    value,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TryOutput {
+            outcome,
+            io: TryIo {
+                records_in: as_i64(m.records_in),
+                records_out: as_i64(m.records_out),
+                bytes_in: as_i64(m.bytes_in),
+                bytes_out: as_i64(m.bytes_out),
+            },
+            proposals,
+        }
     }
 
     async fn execute(
@@ -347,6 +432,8 @@ impl Executor {
         log: &TryLog,
         cancel: CancellationToken,
         reason: &AtomicU8,
+        state: Arc<TaskState>,
+        metrics: TryMetrics,
     ) -> Outcome {
         let fatal = |error: String| Outcome::Failed {
             error,
@@ -397,6 +484,7 @@ impl Executor {
                 &self.store,
                 &self.templates,
                 &self.cfg.artifacts_dir,
+                &self.cfg.secrets,
                 &info,
                 &raw,
             )
@@ -421,6 +509,9 @@ impl Executor {
             try_number: c.try_number,
             log: log.clone(),
             cancel: cancel.clone(),
+            conns: self.cfg.connections.clone(),
+            state,
+            metrics,
         };
         let fut = kind.run(&tctx, args);
         tokio::pin!(fut);

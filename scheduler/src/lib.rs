@@ -37,8 +37,15 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-pub fn executor_config(cfg: &Config) -> ExecutorConfig {
-    ExecutorConfig {
+/// The executor's configuration, with connections and secrets resolved (a malformed
+/// connection URI is an error here, at start, not in the middle of a run).
+pub fn executor_config(cfg: &Config) -> anyhow::Result<ExecutorConfig> {
+    let connections =
+        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
+    let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
+    Ok(ExecutorConfig {
+        connections,
+        secrets,
         parallelism: cfg.parallelism,
         logs_dir: cfg.logs_dir(),
         artifacts_dir: cfg.artifacts_dir(),
@@ -46,7 +53,7 @@ pub fn executor_config(cfg: &Config) -> ExecutorConfig {
         heartbeat_interval: cfg.scheduler.heartbeat_interval(),
         shutdown_grace: cfg.scheduler.shutdown_grace(),
         idle_poll: cfg.scheduler.loop_interval(),
-    }
+    })
 }
 
 /// Scheduler and local executor in one process, until `shutdown` fires and running
@@ -57,7 +64,7 @@ pub async fn run_scheduler_and_executor(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg));
+    let executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg)?);
     let scheduler = Scheduler::new(
         store.clone(),
         DagProcessor::new(cfg.dags_folder.clone(), registry),

@@ -94,7 +94,7 @@ pub async fn dags_test(
     let run = run_to_completion(
         &store,
         registry,
-        crate::executor_config(&test_cfg),
+        crate::executor_config(&test_cfg)?,
         &dag,
         NewRun::manual(
             &dag.dag_id,
@@ -253,24 +253,35 @@ pub async fn run_single_task(
         try_number: 1,
         map_index: -1,
     };
-    let ctx = context::build(store, &templates, &cfg.artifacts_dir(), &info, &raw)
-        .await
-        .map_err(|e| anyhow!("cannot render templates of {}: {e}", task.task_id))?;
+    let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
+    let ctx = context::build(
+        store,
+        &templates,
+        &cfg.artifacts_dir(),
+        &secrets,
+        &info,
+        &raw,
+    )
+    .await
+    .map_err(|e| anyhow!("cannot render templates of {}: {e}", task.task_id))?;
     let args = match templates.render_value(&raw, &ctx)? {
         Value::Object(m) => m,
         _ => return Err(anyhow!("rendered arguments are not a table")),
     };
     let dir = tempfile::tempdir()?;
     let log_path = dir.path().join("task.log");
-    let log = TryLog::open(&log_path).context("cannot create the task log")?;
+    let connections =
+        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
+    let masker =
+        sluice_tasks::Masker::new(secrets.values().into_iter().chain(connections.passwords()));
+    let log = TryLog::open_masked(&log_path, masker).context("cannot create the task log")?;
     let tctx = TaskContext {
-        dag_id: dag.dag_id.clone(),
         run_id,
-        task_id: task.task_id.clone(),
         map_index: -1,
         try_number: 1,
         log,
-        cancel: CancellationToken::new(),
+        conns: connections,
+        ..TaskContext::detached(&dag.dag_id, &task.task_id)
     };
     let fut = kind.run(&tctx, args);
     let result = match task.timeout_ms {

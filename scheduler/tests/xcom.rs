@@ -13,6 +13,8 @@ use sluice_tasks::Registry;
 
 fn exec_cfg(home: &Path, inline_max: usize) -> ExecutorConfig {
     ExecutorConfig {
+        connections: Default::default(),
+        secrets: Default::default(),
         parallelism: 4,
         logs_dir: home.join("logs"),
         artifacts_dir: home.join("artifacts"),

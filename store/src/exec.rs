@@ -80,6 +80,26 @@ pub struct TryResult {
     pub lease: String,
     pub end: DateTime<Utc>,
     pub outcome: Outcome,
+    /// Records and bytes the try read and wrote.
+    pub io: TryIo,
+    /// State the try proposes, committed when the run succeeds (kept only if the try
+    /// succeeded).
+    pub proposals: Vec<StateProposal>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TryIo {
+    pub records_in: i64,
+    pub records_out: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateProposal {
+    pub namespace: String,
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -378,7 +398,8 @@ impl Store {
         );
         let update_tries_q = format!(
             "UPDATE task_try AS t SET state = v.state, end_date = v.end_date, \
-             duration_ms = v.duration_ms, error = v.error \
+             duration_ms = v.duration_ms, error = v.error, records_in = v.records_in, \
+             records_out = v.records_out, bytes_in = v.bytes_in, bytes_out = v.bytes_out \
              FROM {} WHERE t.ti_id = v.ti_id AND t.try_number = v.try_number",
             d.json_rows(
                 1,
@@ -389,7 +410,21 @@ impl Store {
                     ("end_date", "timestamptz"),
                     ("duration_ms", "bigint"),
                     ("error", "text"),
+                    ("records_in", "bigint"),
+                    ("records_out", "bigint"),
+                    ("bytes_in", "bigint"),
+                    ("bytes_out", "bigint"),
                 ]
+            )
+        );
+        // `WHERE true`: SQLite cannot otherwise tell the upsert's ON from a join's.
+        let insert_proposals_q = format!(
+            "INSERT INTO state_proposal (dag_run_id, namespace, key, value) \
+             SELECT $1, v.namespace, v.key, v.value FROM {} WHERE true \
+             ON CONFLICT (dag_run_id, namespace, key) DO UPDATE SET value = excluded.value",
+            d.json_rows(
+                2,
+                &[("namespace", "text"), ("key", "text"), ("value", "text")]
             )
         );
         let upstream_states_q = format!(
@@ -432,6 +467,7 @@ impl Store {
                 let mut ti_updates = Vec::with_capacity(run_results.len());
                 let mut try_updates = Vec::with_capacity(run_results.len());
                 let mut xcoms = Vec::new();
+                let mut proposals = Vec::new();
                 for r in run_results {
                     // Fencing: only the lease holder's result counts.
                     let Some((try_number, max_tries, start, _)) = current
@@ -487,9 +523,20 @@ impl Store {
                         "end_date": json_time(r.end),
                         "duration_ms": duration_ms,
                         "error": error,
+                        "records_in": r.io.records_in,
+                        "records_out": r.io.records_out,
+                        "bytes_in": r.io.bytes_in,
+                        "bytes_out": r.io.bytes_out,
                     }));
-                    if let Outcome::Success(Some(x)) = &r.outcome {
-                        xcoms.push((r.ti_id, x));
+                    if let Outcome::Success(x) = &r.outcome {
+                        if let Some(x) = x {
+                            xcoms.push((r.ti_id, x));
+                        }
+                        for p in &r.proposals {
+                            proposals.push(serde_json::json!({
+                                "namespace": p.namespace, "key": p.key, "value": p.value,
+                            }));
+                        }
                     }
                     match state {
                         TiState::Success | TiState::Failed => changed.push(r.task_id.clone()),
@@ -504,6 +551,13 @@ impl Store {
                         .await?;
                     sqlx::query(&update_tries_q)
                         .bind(serde_json::Value::Array(try_updates).to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if !proposals.is_empty() {
+                    sqlx::query(&insert_proposals_q)
+                        .bind(run_pk)
+                        .bind(serde_json::Value::Array(proposals).to_string())
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -628,6 +682,25 @@ impl Store {
                     .await?
                     .rows_affected();
                     if n > 0 {
+                        if run_state == RunState::Success {
+                            // The run's proposals become the committed state, in the
+                            // transaction that makes the run successful.
+                            sqlx::query(
+                                "INSERT INTO task_state (namespace, key, value, dag_run_id, updated_at) \
+                                 SELECT namespace, key, value, dag_run_id, $2 FROM state_proposal \
+                                 WHERE dag_run_id = $1 \
+                                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
+                                 dag_run_id = excluded.dag_run_id, updated_at = excluded.updated_at",
+                            )
+                            .bind(run_pk)
+                            .bind(ts)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        sqlx::query("DELETE FROM state_proposal WHERE dag_run_id = $1")
+                            .bind(run_pk)
+                            .execute(&mut *tx)
+                            .await?;
                         report.runs_finished.push((dag_id, run_id, run_state));
                     }
                 }
@@ -677,6 +750,8 @@ impl Store {
                         error,
                         retryable: true,
                     },
+                    io: TryIo::default(),
+                    proposals: Vec::new(),
                 }
             })
             .collect()
@@ -686,6 +761,32 @@ impl Store {
         }
         tracing::warn!(count = results.len(), "failing tries of dead workers");
         self.finish(&results).await
+    }
+
+    /// Committed state values of `keys` in `namespace`.
+    pub async fn state_get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let q = format!(
+            "SELECT key, value FROM task_state WHERE namespace = $1 AND key {}",
+            self.dialect.in_text_list(2)
+        );
+        let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(&q).bind(namespace).bind(json_list(keys)).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    /// All committed state of a namespace (checkpoints, for display).
+    pub async fn state_all(&self, namespace: &str) -> Result<Vec<(String, String)>> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as("SELECT key, value FROM task_state WHERE namespace = $1 ORDER BY key")
+                .bind(namespace)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Earliest time an up_for_retry task instance becomes runnable.

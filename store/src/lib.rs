@@ -30,7 +30,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
-pub use exec::{log_path, Claimed, FinishReport, Outcome, TryResult, XcomValue};
+pub use exec::{
+    log_path, Claimed, FinishReport, Outcome, StateProposal, TryIo, TryResult, XcomValue,
+};
 pub use models::*;
 pub use state::{RunState, TiState};
 

@@ -108,6 +108,10 @@ pub struct TryRow {
     /// Relative to `$SLUICE_HOME/logs`.
     pub log_path: String,
     pub error: Option<String>,
+    pub records_in: Option<i64>,
+    pub records_out: Option<i64>,
+    pub bytes_in: Option<i64>,
+    pub bytes_out: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]

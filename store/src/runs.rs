@@ -262,7 +262,8 @@ impl Store {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_as::<_, TryRow>(
                 "SELECT ti_id, try_number, state, start_date, end_date, duration_ms, owner, hostname, \
-                 log_path, error FROM task_try WHERE ti_id = $1 ORDER BY try_number",
+                 log_path, error, records_in, records_out, bytes_in, bytes_out \
+                 FROM task_try WHERE ti_id = $1 ORDER BY try_number",
             )
             .bind(ti_id)
             .fetch_all(pool)
@@ -275,7 +276,8 @@ impl Store {
         let rows = with_pool!(&self.db, pool => {
             sqlx::query(
                 "SELECT ti.task_id, t.ti_id, t.try_number, t.state, t.start_date, t.end_date, \
-                 t.duration_ms, t.owner, t.hostname, t.log_path, t.error \
+                 t.duration_ms, t.owner, t.hostname, t.log_path, t.error, t.records_in, \
+                 t.records_out, t.bytes_in, t.bytes_out \
                  FROM task_try t JOIN task_instance ti ON ti.id = t.ti_id \
                  WHERE ti.dag_run_id = $1 ORDER BY t.start_date",
             )
@@ -297,6 +299,10 @@ impl Store {
                         hostname: r.get(8),
                         log_path: r.get(9),
                         error: r.get(10),
+                        records_in: r.get(11),
+                        records_out: r.get(12),
+                        bytes_in: r.get(13),
+                        bytes_out: r.get(14),
                     },
                 )
             })

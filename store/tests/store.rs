@@ -11,7 +11,9 @@ use serde_json::json;
 use sluice_core::loader::parse_dag;
 use sluice_core::{Dag, KindKeys, KindRegistry};
 use sluice_store::testing::TestDb;
-use sluice_store::{now, Claimed, NewRun, Outcome, RunType, Store, TryResult, XcomValue};
+use sluice_store::{
+    now, Claimed, NewRun, Outcome, RunType, StateProposal, Store, TryIo, TryResult, XcomValue,
+};
 
 struct Kinds;
 
@@ -65,6 +67,8 @@ fn result(c: &Claimed, outcome: Outcome) -> TryResult {
         lease: c.lease.clone(),
         end: now(),
         outcome,
+        io: TryIo::default(),
+        proposals: Vec::new(),
     }
 }
 
@@ -729,6 +733,86 @@ async fn dag_versions_are_kept_and_bad_files_keep_their_dag_active() {
             .expect("deactivate");
         assert!(
             !store.dag("v").await.expect("dag").expect("row").is_active,
+            "{name}"
+        );
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn proposed_state_commits_only_when_the_run_succeeds() {
+    let src = "[dag]\nid = \"s\"\n[tasks.a]\nkind = \"noop\"\n[tasks.b]\nkind = \"noop\"\nupstream = [\"a\"]\n";
+    for (name, db) in TestDb::both().await {
+        let store = &db.store;
+        let propose = |c: &Claimed, value: &str| {
+            let mut r = result(c, ok());
+            r.io = TryIo {
+                records_in: 3,
+                records_out: 2,
+                bytes_in: 30,
+                bytes_out: 20,
+            };
+            r.proposals = vec![StateProposal {
+                namespace: "s.a".into(),
+                key: "cursor".into(),
+                value: value.into(),
+            }];
+            r
+        };
+        // Run 1: a proposes cursor=10, then b fails: nothing is committed.
+        let run1 = started(store, src, "s").await;
+        let a = claim_all(store, 5).await;
+        store.finish(&[propose(&a[0], "10")]).await.expect("finish");
+        let ti = &store.task_instances(run1).await.expect("tis")[0];
+        let t = &store.tries(ti.id).await.expect("tries")[0];
+        assert_eq!(
+            (t.records_in, t.records_out, t.bytes_in, t.bytes_out),
+            (Some(3), Some(2), Some(30), Some(20)),
+            "{name}"
+        );
+        let b = claim_all(store, 5).await;
+        store
+            .finish(&[result(&b[0], fail(false))])
+            .await
+            .expect("finish");
+        let keys = vec!["cursor".to_string()];
+        assert!(
+            store
+                .state_get_many("s.a", &keys)
+                .await
+                .expect("state")
+                .is_empty(),
+            "{name}: failed run commits nothing"
+        );
+        // Run 2 succeeds: its proposal is committed.
+        let run2 = manual_run(store, "s", 0).await;
+        store.start_queued_runs("s").await.expect("start");
+        let a = claim_all(store, 5).await;
+        store.finish(&[propose(&a[0], "20")]).await.expect("finish");
+        assert!(
+            store
+                .state_get_many("s.a", &keys)
+                .await
+                .expect("state")
+                .is_empty(),
+            "{name}: not before the run ends"
+        );
+        let b = claim_all(store, 5).await;
+        store.finish(&[result(&b[0], ok())]).await.expect("finish");
+        assert_eq!(
+            store
+                .run_by_pk(run2)
+                .await
+                .expect("run")
+                .expect("row")
+                .state,
+            "success",
+            "{name}"
+        );
+        let state = store.state_get_many("s.a", &keys).await.expect("state");
+        assert_eq!(
+            state.get("cursor").map(String::as_str),
+            Some("20"),
             "{name}"
         );
         db.cleanup().await;

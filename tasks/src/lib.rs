@@ -5,9 +5,11 @@
 //! value — the XCom downstream tasks read. The executor owns everything around it:
 //! claiming, timeouts, retries, recording.
 
+pub mod conn;
 mod log;
 mod noop;
 mod shell;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +18,11 @@ use serde_json::{Map, Value};
 use sluice_core::{KindKeys, KindRegistry};
 use tokio_util::sync::CancellationToken;
 
+pub use conn::{Connection, Connections, Masker, Secrets};
 pub use log::TryLog;
 pub use noop::Noop;
 pub use shell::Shell;
+pub use state::{EmptyState, MetricsSnapshot, StateBackend, TaskState, TryMetrics};
 
 /// Why a try failed. The variant decides what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,34 @@ pub struct TaskContext {
     /// Fires when the try must stop; kinds that wait on I/O or child processes select
     /// on it and clean up.
     pub cancel: CancellationToken,
+    /// Named connections (`connection = "kafka_default"` in a task).
+    pub conns: Connections,
+    /// Durable state of this task (seen files, crawled URLs), committed with the run.
+    pub state: Arc<TaskState>,
+    /// Records and bytes read and written: kinds count what they move.
+    pub metrics: TryMetrics,
+}
+
+impl TaskContext {
+    /// A context outside any run: no log file, no connections, empty state. For tests
+    /// and tools; the executor builds real ones.
+    pub fn detached(dag_id: &str, task_id: &str) -> TaskContext {
+        TaskContext {
+            dag_id: dag_id.to_string(),
+            run_id: "detached".to_string(),
+            task_id: task_id.to_string(),
+            map_index: -1,
+            try_number: 1,
+            log: TryLog::discard(),
+            cancel: CancellationToken::new(),
+            conns: Connections::default(),
+            state: Arc::new(TaskState::new(
+                Arc::new(EmptyState),
+                format!("{dag_id}.{task_id}"),
+            )),
+            metrics: TryMetrics::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -6,15 +6,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::conn::Masker;
+
 #[derive(Clone)]
 pub struct TryLog {
     inner: Arc<Mutex<Option<File>>>,
     path: PathBuf,
+    masker: Masker,
 }
 
 impl TryLog {
     /// Opens (appending) the log file, creating its directories.
     pub fn open(path: &Path) -> std::io::Result<TryLog> {
+        Self::open_masked(path, Masker::default())
+    }
+
+    /// Opens the log with `masker` applied to every line written.
+    pub fn open_masked(path: &Path, masker: Masker) -> std::io::Result<TryLog> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -22,6 +30,7 @@ impl TryLog {
         Ok(TryLog {
             inner: Arc::new(Mutex::new(Some(file))),
             path: path.to_path_buf(),
+            masker,
         })
     }
 
@@ -30,6 +39,7 @@ impl TryLog {
         TryLog {
             inner: Arc::new(Mutex::new(None)),
             path: PathBuf::new(),
+            masker: Masker::default(),
         }
     }
 
@@ -37,9 +47,16 @@ impl TryLog {
         &self.path
     }
 
-    /// Writes `[timestamp] LEVEL source: message`. Errors writing a log never fail a
-    /// try; they are reported once to the process log.
+    /// Writes `[timestamp] LEVEL source: message`, secrets masked. Errors writing a log
+    /// never fail a try; they are reported once to the process log.
     pub fn line(&self, level: &str, source: &str, message: &str) {
+        let masked;
+        let message = if self.masker.is_empty() {
+            message
+        } else {
+            masked = self.masker.mask(message);
+            masked.as_str()
+        };
         let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
         let mut guard = match self.inner.lock() {
             Ok(g) => g,

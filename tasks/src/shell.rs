@@ -172,17 +172,11 @@ async fn stop_group(pid: Option<u32>, child: &mut tokio::process::Child, ctx: &T
 mod tests {
     use super::*;
     use crate::TryLog;
-    use tokio_util::sync::CancellationToken;
 
     fn ctx(log: TryLog) -> TaskContext {
         TaskContext {
-            dag_id: "d".into(),
-            run_id: "r".into(),
-            task_id: "t".into(),
-            map_index: -1,
-            try_number: 1,
             log,
-            cancel: CancellationToken::new(),
+            ..TaskContext::detached("d", "t")
         }
     }
 
