@@ -6,10 +6,14 @@
 //! claiming, timeouts, retries, recording.
 
 pub mod conn;
+mod csv_kind;
+mod files;
+mod http;
 mod log;
 mod noop;
 mod shell;
 pub mod state;
+mod steam;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,6 +110,10 @@ impl Registry {
         let mut r = Registry::empty();
         r.register(Arc::new(Noop));
         r.register(Arc::new(Shell));
+        r.register(Arc::new(http::Http));
+        r.register(Arc::new(steam::Steam));
+        r.register(Arc::new(csv_kind::Csv));
+        r.register(Arc::new(files::Files));
         r
     }
 
