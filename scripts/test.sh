@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: starts the servers the tests need, then runs every test of
-# the workspace (unit, store on SQLite and PostgreSQL, scheduler, CLI end to end).
+# The whole test suite: starts the servers the tests need (PostgreSQL, the
+# Elasticsearch-API servers), then runs every test of the workspace: unit tests, the
+# store on SQLite and PostgreSQL, the scheduler and CLI end to end, and the task kinds
+# against real servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh)"
-# --all-targets: unit and integration tests (the crates have no doc tests).
-cargo test --workspace --all-targets --locked "$@"
+eval "$(scripts/elasticsearch.sh)"
+# --tests: library, binary and integration tests (examples are benchmarks, built by
+# clippy but not run here).
+cargo test --workspace --tests --locked "$@"

@@ -7,10 +7,12 @@
 
 pub mod conn;
 mod csv_kind;
+mod es;
 mod files;
 mod http;
 mod log;
 mod noop;
+mod pg_write;
 mod shell;
 pub mod state;
 mod steam;
@@ -114,6 +116,8 @@ impl Registry {
         r.register(Arc::new(steam::Steam));
         r.register(Arc::new(csv_kind::Csv));
         r.register(Arc::new(files::Files));
+        r.register(Arc::new(es::EsIndex));
+        r.register(Arc::new(pg_write::PgWrite));
         r
     }
 
