@@ -10,6 +10,7 @@ mod csv_kind;
 mod es;
 mod files;
 mod http;
+mod kafka;
 mod log;
 mod noop;
 mod pg_write;
@@ -118,6 +119,8 @@ impl Registry {
         r.register(Arc::new(files::Files));
         r.register(Arc::new(es::EsIndex));
         r.register(Arc::new(pg_write::PgWrite));
+        r.register(Arc::new(kafka::KafkaProduce));
+        r.register(Arc::new(kafka::KafkaConsume));
         r
     }
 
