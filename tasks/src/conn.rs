@@ -40,6 +40,29 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     pub fn parse(name: &str, uri: &str) -> Result<Connection, String> {
+        // A broker list (`kafka://h1:9092,h2:9092`) is not a valid URI authority:
+        // parse with the first host and keep the whole list as `bootstrap.servers`.
+        if let Some((scheme, rest)) = uri.trim().split_once("://") {
+            let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(auth_end);
+            let (userinfo, hosts) = match authority.rsplit_once('@') {
+                Some((u, h)) => (Some(u), h),
+                None => (None, authority),
+            };
+            if hosts.contains(',') {
+                let first = hosts.split(',').next().unwrap_or_default();
+                let single = match userinfo {
+                    Some(u) => format!("{scheme}://{u}@{first}{tail}"),
+                    None => format!("{scheme}://{first}{tail}"),
+                };
+                let mut conn = Connection::parse(name, &single)?;
+                conn.extra
+                    .entry("bootstrap.servers".to_string())
+                    .or_insert_with(|| hosts.to_string());
+                conn.uri = uri.trim().to_string();
+                return Ok(conn);
+            }
+        }
         let parsed = url::Url::parse(uri.trim()).map_err(|e| {
             format!("connection {name}: not a URI ({e}); expected e.g. kafka://host:9092 or https://user:pass@host:9200")
         })?;
@@ -75,7 +98,15 @@ impl Connection {
                 let _ = u.set_password(Some("***"));
                 u.to_string()
             }
-            _ => self.uri.clone(),
+            Ok(_) => self.uri.clone(),
+            // Not a plain URI (a broker list): hide the whole user part.
+            Err(_) => match self.uri.split_once("://") {
+                Some((scheme, rest)) if rest.contains('@') => {
+                    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+                    format!("{scheme}://***@{host}")
+                }
+                _ => self.uri.clone(),
+            },
         }
     }
 
@@ -272,6 +303,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("p%40ss"));
         assert_eq!(c.host_port(1), "es.local:9200");
         assert!(Connection::parse("x", "not a uri").is_err());
+    }
+
+    #[test]
+    fn broker_lists_become_bootstrap_servers() {
+        let c = Connection::parse("k", "kafka://u:pw@b1:9092,b2:9093?client.id=x").expect("parses");
+        assert_eq!(c.host.as_deref(), Some("b1"));
+        assert_eq!(
+            c.extra.get("bootstrap.servers").map(String::as_str),
+            Some("b1:9092,b2:9093")
+        );
+        assert_eq!(c.extra.get("client.id").map(String::as_str), Some("x"));
+        assert_eq!(c.password.as_deref(), Some("pw"));
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! `kafka_produce` and `kafka_consume`: Kafka through librdkafka (the `rdkafka` crate).
 //!
 //! Both kinds take a `connection` (default `kafka_default`) whose URI is
-//! `kafka://host:port?client.option=value`; more brokers go in the query as
-//! `bootstrap.servers=h1:9092,h2:9092`, since URI parsing rejects a comma-separated host
-//! list. Query parameters are passed to librdkafka as they are (`security.protocol`,
+//! `kafka://host:port?client.option=value`; several brokers are written
+//! `kafka://h1:9092,h2:9092` (or `?bootstrap.servers=h1:9092,h2:9092`). Query parameters are passed to librdkafka as they are (`security.protocol`,
 //! `sasl.mechanism`, `linger.ms`, …) and the URI's login/password become
 //! `sasl.username`/`sasl.password`.
 //!
