@@ -174,6 +174,14 @@ pub enum TasksCommand {
         #[arg(long)]
         conf: Option<String>,
     },
+    /// The task instances of one run: state, tries, duration, and the records and bytes
+    /// each one's last try read and wrote (Airflow's `tasks states-for-dag-run`).
+    States {
+        dag_id: String,
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +309,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dags(cmd) => dags(&cfg, &registry, cmd).await,
+        Command::Tasks(TasksCommand::States {
+            dag_id,
+            run_id,
+            json,
+        }) => task_states(&cfg, &dag_id, &run_id, json).await,
         Command::Tasks(TasksCommand::Test {
             dag_id,
             task_id,
@@ -922,4 +935,87 @@ async fn tasks_test(
     let out = crate::local_run::run_single_task(&store, registry, cfg, &dag, &task, logical, &conf)
         .await?;
     Ok(out)
+}
+
+async fn task_states(
+    cfg: &Config,
+    dag_id: &str,
+    run_id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::open_store(cfg).await?;
+    let run = store
+        .run(dag_id, run_id)
+        .await?
+        .ok_or_else(|| anyhow!("DAG {dag_id} has no run {run_id} in {}", store.url()))?;
+    let mut rows = Vec::new();
+    for ti in store.task_instances(run.id).await? {
+        let last = store.tries(ti.id).await?.pop();
+        rows.push((ti, last));
+    }
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|(ti, t)| {
+                json!({
+                    "task_id": ti.task_id,
+                    "map_index": ti.map_index,
+                    "state": ti.state_label(),
+                    "try_number": ti.try_number,
+                    "duration_ms": ti.duration_ms,
+                    "start_date": ti.start_date.map(rfc3339),
+                    "end_date": ti.end_date.map(rfc3339),
+                    "records_in": t.as_ref().and_then(|t| t.records_in),
+                    "records_out": t.as_ref().and_then(|t| t.records_out),
+                    "bytes_in": t.as_ref().and_then(|t| t.bytes_in),
+                    "bytes_out": t.as_ref().and_then(|t| t.bytes_out),
+                    "error": ti.error,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"dag_id": dag_id, "run_id": run_id, "state": run.state, "task_instances": out})
+            )?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(ti, t)| {
+            vec![
+                if ti.map_index >= 0 {
+                    format!("{}[{}]", ti.task_id, ti.map_index)
+                } else {
+                    ti.task_id.clone()
+                },
+                ti.state_label().to_string(),
+                ti.try_number.to_string(),
+                num(ti.duration_ms),
+                num(t.as_ref().and_then(|t| t.records_in)),
+                num(t.as_ref().and_then(|t| t.records_out)),
+                num(t.as_ref().and_then(|t| t.bytes_in)),
+                num(t.as_ref().and_then(|t| t.bytes_out)),
+                ti.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("Run {run_id} of {dag_id}: {}", run.state);
+    table(
+        &[
+            "task",
+            "state",
+            "try",
+            "ms",
+            "records in",
+            "records out",
+            "bytes in",
+            "bytes out",
+            "error",
+        ],
+        &table_rows,
+    );
+    Ok(ExitCode::SUCCESS)
 }
