@@ -12,9 +12,9 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use serde_json::json;
 use sluice_core::loader::load_file;
+use sluice_store::scratch::ScratchDatabase;
 use sluice_store::{now, NewRun, Store};
 use sluice_tasks::Registry;
-use sqlx::Connection;
 
 use crate::config::Config;
 
@@ -133,45 +133,12 @@ async fn prepare_database(db: &str) -> anyhow::Result<(String, Option<Cleanup>)>
             "--database takes `sqlite` or a postgres:// URL, got {db}"
         ));
     }
-    let name = format!(
-        "sluice_bench_{}_{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let mut admin = sqlx::PgConnection::connect(db)
+    let db = ScratchDatabase::create(db, "sluice_bench_")
         .await
-        .with_context(|| format!("cannot connect to {}", sluice_store::redact_url(db)))?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    admin.close().await?;
-    let url = replace_db_name(db, &name);
-    let admin_url = db.to_string();
-    let cleanup: Cleanup = Box::pin(async move {
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
-        Ok(())
-    });
+        .context("cannot create the benchmark database")?;
+    let url = db.url.clone();
+    let cleanup: Cleanup = Box::pin(async move { Ok(db.drop_database().await?) });
     Ok((url, Some(cleanup)))
-}
-
-/// `postgres://u@h:5432/olddb?x=y` → `postgres://u@h:5432/NEW?x=y`.
-pub fn replace_db_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{name}?{q}"),
-        None => format!("{host_part}/{name}"),
-    }
 }
 
 async fn measure(
@@ -269,23 +236,4 @@ async fn measure(
         gap_median_ms: pct(0.5),
         gap_p95_ms: pct(0.95),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_database_name() {
-        assert_eq!(
-            super::replace_db_name("postgres://u@h:5432/postgres?sslmode=disable", "x"),
-            "postgres://u@h:5432/x?sslmode=disable"
-        );
-        assert_eq!(
-            super::replace_db_name("postgres://u@h/db", "x"),
-            "postgres://u@h/x"
-        );
-        assert_eq!(
-            super::replace_db_name("postgres://u@h", "x"),
-            "postgres://u@h/x"
-        );
-    }
 }

@@ -1,7 +1,10 @@
 //! The example DAGs shipped in `dags/` validate and run, as the README promises.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
+
+use common::Sandbox;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -10,21 +13,21 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn sluice(home: &tempfile::TempDir, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .current_dir(home.path())
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_DAGS_FOLDER", repo_root().join("dags"))
-        .env_remove("SLUICE_DATABASE_URL")
-        .env_remove("SLUICE_CONFIG")
-        .output()
-        .expect("run sluice")
+/// A sandbox whose DAG folder is the repository's `dags/`.
+fn sandbox() -> Sandbox {
+    let mut sb = Sandbox::new();
+    let dags = repo_root().join("dags");
+    sb.set_env("SLUICE_DAGS_FOLDER", dags.to_str().expect("utf-8 path"));
+    sb
+}
+
+fn sluice(sb: &Sandbox, args: &[&str]) -> std::process::Output {
+    sb.command(args).output().expect("run sluice")
 }
 
 #[test]
 fn shipped_dags_validate() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = sandbox();
     let out = sluice(&home, &["dags", "validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "dags/ must validate:\n{stderr}");
@@ -34,7 +37,7 @@ fn shipped_dags_validate() {
 
 #[test]
 fn example_etl_passes_xcom_between_tasks() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = sandbox();
     let out = sluice(
         &home,
         &[
@@ -87,7 +90,7 @@ fn example_etl_passes_xcom_between_tasks() {
 
 #[test]
 fn example_trigger_rules_runs_failure_paths() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = sandbox();
     let out = sluice(&home, &["dags", "test", "example_trigger_rules", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let state = |task: &str| {

@@ -1,8 +1,11 @@
 //! `sluice tasks states` shows each task instance of a run with the records and bytes
 //! its try read and wrote.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
+
+use common::Sandbox;
 
 use serde_json::json;
 use sluice::local_run::run_to_completion;
@@ -12,7 +15,7 @@ use sluice_tasks::Registry;
 
 #[tokio::test]
 async fn tasks_states_reports_records_and_bytes_per_task() {
-    let home = tempfile::tempdir().expect("tempdir");
+    let home = Sandbox::new();
     let csv = home.path().join("titles.csv");
     std::fs::write(&csv, "title,country\nAlpha,KR\nBeta,US\nGamma,KR\n").expect("csv");
     let src = format!(
@@ -21,7 +24,7 @@ async fn tasks_states_reports_records_and_bytes_per_task() {
     );
     let registry = Registry::builtin();
     let dag = parse_dag(&src, Path::new("catalog.toml"), &registry).expect("valid DAG");
-    let url = format!("sqlite://{}", home.path().join("sluice.db").display());
+    let url = home.sqlite_url();
     let store = Store::connect(&url).await.expect("store");
     store.migrate().await.expect("migrate");
     let cfg = sluice::config::Config {
@@ -40,12 +43,8 @@ async fn tasks_states_reports_records_and_bytes_per_task() {
     .expect("run");
     store.close().await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["tasks", "states", "catalog", &run.run_id, "--json"])
-        .current_dir(home.path())
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_DATABASE_URL", &url)
-        .env_remove("SLUICE_CONFIG")
+    let out = home
+        .command(&["tasks", "states", "catalog", &run.run_id, "--json"])
         .output()
         .expect("run sluice");
     assert!(
@@ -67,11 +66,8 @@ async fn tasks_states_reports_records_and_bytes_per_task() {
     assert!(read["bytes_in"].as_i64().unwrap_or(0) > 0, "{read}");
 
     // The table form names the columns a user scans for.
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["tasks", "states", "catalog", &run.run_id])
-        .current_dir(home.path())
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_DATABASE_URL", &url)
+    let out = home
+        .command(&["tasks", "states", "catalog", &run.run_id])
         .output()
         .expect("run sluice");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -80,11 +76,8 @@ async fn tasks_states_reports_records_and_bytes_per_task() {
         "{text}"
     );
     // An unknown run is a clear error.
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["tasks", "states", "catalog", "nope"])
-        .current_dir(home.path())
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_DATABASE_URL", &url)
+    let out = home
+        .command(&["tasks", "states", "catalog", "nope"])
         .output()
         .expect("run sluice");
     assert!(!out.status.success());

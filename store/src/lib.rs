@@ -13,6 +13,7 @@ pub use dags::schedule_label;
 mod exec;
 mod models;
 mod runs;
+pub mod scratch;
 mod sql;
 pub mod state;
 #[cfg(feature = "testing")]

@@ -1,8 +1,7 @@
 //! Test support: fresh, migrated stores on both backends. Used by this workspace's
 //! tests (enable the `testing` feature); not part of the runtime.
 
-use sqlx::Connection;
-
+use crate::scratch::ScratchDatabase;
 use crate::Store;
 
 /// Where tests find PostgreSQL: `SLUICE_TEST_PG_URL`, default the local server.
@@ -17,7 +16,7 @@ pub struct TestDb {
     pub store: Store,
     pub url: String,
     _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
+    pg: Option<ScratchDatabase>,
 }
 
 impl TestDb {
@@ -30,32 +29,22 @@ impl TestDb {
             store,
             url,
             _dir: Some(dir),
-            pg_name: None,
+            pg: None,
         }
     }
 
     pub async fn postgres() -> TestDb {
         let admin = pg_admin_url();
-        let name = format!("sluice_t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
+        let db = ScratchDatabase::create(&admin, "sluice_t_")
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let _ = conn.close().await;
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("bad SLUICE_TEST_PG_URL {admin}"),
-        };
-        let store = Store::connect(&url).await.expect("open postgres");
+        let store = Store::connect(&db.url).await.expect("open postgres");
         store.migrate().await.expect("migrate postgres");
         TestDb {
             store,
-            url,
+            url: db.url.clone(),
             _dir: None,
-            pg_name: Some(name),
+            pg: Some(db),
         }
     }
 
@@ -70,12 +59,8 @@ impl TestDb {
     /// Closes the pool and drops the PostgreSQL database.
     pub async fn cleanup(self) {
         self.store.close().await;
-        if let Some(name) = &self.pg_name {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
+        if let Some(db) = self.pg {
+            let _ = db.drop_database().await;
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use sluice_store::scratch::ScratchDatabase;
 use sluice_tasks::{Connection, Connections, Registry, TaskContext};
 use sqlx::{Connection as _, PgConnection, Row};
 
@@ -80,18 +81,10 @@ async fn main() {
         .parse()
         .expect("--insert-rows");
     let admin = arg("--url", "postgres://postgres@127.0.0.1:5432/postgres");
-    let db = format!("sluice_bench_{}", std::process::id());
-    let mut a = PgConnection::connect(&admin)
+    let scratch = ScratchDatabase::create(&admin, "sluice_bench_")
         .await
-        .expect("admin connection");
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut a)
-        .await
-        .expect("create database");
-    let url = format!(
-        "{}/{db}",
-        admin.rsplit_once('/').expect("url with a database").0
-    );
+        .expect("create the benchmark database");
+    let (db, url) = (scratch.name.clone(), scratch.url.clone());
     let mut conn = PgConnection::connect(&url).await.expect("connect");
     let records = rows(n);
     println!("pg_bench: {n} rows ({insert_n} for insert/upsert), database {db}");
@@ -148,8 +141,5 @@ async fn main() {
         );
     }
     let _ = conn.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut a)
-        .await
-        .expect("drop database");
+    scratch.drop_database().await.expect("drop database");
 }
