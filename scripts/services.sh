@@ -40,3 +40,21 @@ if ! psql "$pg_url" -Atqc 'select 1' >/dev/null 2>&1; then
 fi
 log "PostgreSQL ready"
 echo "export SLUICE_TEST_PG_URL='$pg_url'"
+
+# --- Redis ------------------------------------------------------------------
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+if ! redis_up; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "Redis is not installed: installing it"
+    apt_install redis-server redis-tools
+  fi
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log >&2
+  for _ in $(seq 1 50); do redis_up && break; sleep 0.2; done
+fi
+redis_up || { log "Redis did not come up on 127.0.0.1:6379"; exit 1; }
+log "Redis ready"
+echo "export SLUICE_TEST_REDIS_URL='redis://127.0.0.1:6379'"

@@ -6,8 +6,10 @@ pub mod model;
 pub mod template;
 pub mod timetable;
 
+mod backoff;
 mod util;
 
+pub use backoff::backoff;
 pub use loader::{
     load_file, load_folder, parse_dag, Diagnostic, FolderLoad, KindKeys, KindRegistry,
 };

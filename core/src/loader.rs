@@ -17,7 +17,7 @@ use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
 use crate::model::{Dag, RetryBackoff, RetryPolicy, Schedule, TaskDef, TriggerRule, DEFAULT_POOL};
-use crate::template::{Templates, CONTEXT_NAMES};
+use crate::template::{Templates, CHECKPOINT_RESULT, CONTEXT_NAMES, MAPPED_ITEM};
 use crate::timetable::{cron_fires_within_10y, parse_cron, preset};
 use crate::util::{fnv1a64_hex, suggestion, LineIndex};
 
@@ -58,7 +58,7 @@ pub struct FolderLoad {
     pub errors: BTreeMap<String, Vec<Diagnostic>>,
 }
 
-pub const TOP_KEYS: &[&str] = &["dag", "defaults", "params", "tasks"];
+pub const TOP_KEYS: &[&str] = &["dag", "defaults", "params", "checkpoints", "tasks"];
 pub const DAG_KEYS: &[&str] = &[
     "id",
     "description",
@@ -87,6 +87,13 @@ pub const TASK_COMMON_KEYS: &[&str] = &[
     "pool_slots",
     "priority_weight",
     "doc",
+];
+/// Keys a task may set but `[defaults]` may not.
+pub const TASK_ONLY_KEYS: &[&str] = &[
+    "upstream",
+    "checkpoint_update",
+    "map_over",
+    "map_concurrency",
 ];
 
 const MAX_ID_LEN: usize = 250;
@@ -469,6 +476,22 @@ fn parse_schedule(s: &str) -> Result<Schedule, String> {
     }
 }
 
+/// A name templates read as an attribute (`checkpoint.NAME`): an identifier.
+fn check_template_name(what: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{name}` must start with a letter or `_` and hold only letters, digits and `_` (templates read it as an attribute)"
+        ))
+    }
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("{what} must not be empty"));
@@ -500,6 +523,18 @@ struct TemplateSite {
     /// decoded string (no escapes), so offsets inside the template map exactly.
     content_start: Option<usize>,
     from_defaults: bool,
+    scope: SiteScope,
+}
+
+/// Which part of a task a template belongs to: it decides the extra names it may read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SiteScope {
+    /// The kind's arguments.
+    Args,
+    /// `map_over`, rendered before the task is mapped (so no `item`).
+    MapOver,
+    /// `checkpoint_update`, rendered after the try with `result`.
+    CheckpointUpdate,
 }
 
 impl TemplateSite {
@@ -527,6 +562,7 @@ impl TemplateSite {
             value_start: span.start,
             content_start,
             from_defaults,
+            scope: SiteScope::Args,
         }
     }
 
@@ -686,6 +722,9 @@ struct RawTask {
     upstream: Vec<(String, Range<usize>)>,
     args: serde_json::Map<String, serde_json::Value>,
     templates: Vec<TemplateSite>,
+    checkpoint_update: IndexMap<String, String>,
+    map_over: Option<serde_json::Value>,
+    map_concurrency: Option<u32>,
 }
 
 /// A kind-specific key set in `[defaults]`.
@@ -723,7 +762,7 @@ pub fn parse_dag(
             ctx.err(
                 k.span(),
                 format!(
-                    "unknown key `{key}` at top level (expected [dag], [defaults], [params], [tasks]){}",
+                    "unknown key `{key}` at top level (expected [dag], [defaults], [params], [checkpoints], [tasks]){}",
                     suggestion(key, TOP_KEYS.iter().copied())
                 ),
             );
@@ -890,6 +929,34 @@ pub fn parse_dag(
         None => serde_json::Map::new(),
     };
 
+    // ---- [checkpoints] ----
+    let mut checkpoints: IndexMap<String, serde_json::Value> = IndexMap::new();
+    if let Some((_, ct)) = table_of("checkpoints") {
+        for (k, v) in entries(ct) {
+            let name = k.get_ref().to_string();
+            if let Err(m) = check_template_name("checkpoint name", &name) {
+                ctx.err(k.span(), m);
+                continue;
+            }
+            match v.get_ref() {
+                DeValue::String(_)
+                | DeValue::Integer(_)
+                | DeValue::Float(_)
+                | DeValue::Boolean(_) => {
+                    let value = ctx.json(v);
+                    checkpoints.insert(name, value);
+                }
+                other => ctx.err(
+                    v.span(),
+                    format!(
+                        "checkpoint `{name}` must have a string, number or boolean initial value, not {}",
+                        type_name(other)
+                    ),
+                ),
+            }
+        }
+    }
+
     // ---- registry ----
     let kind_names = registry.kind_names();
     let mut all_kind_keys: Vec<&'static str> = Vec::new();
@@ -909,10 +976,10 @@ pub fn parse_dag(
     if let Some((_, dt)) = table_of("defaults") {
         for (k, v) in entries(dt) {
             let key = k.get_ref().as_ref();
-            if key == "upstream" {
+            if TASK_ONLY_KEYS.contains(&key) {
                 ctx.err(
                     k.span(),
-                    "`upstream` cannot be set in [defaults]; set it on each task",
+                    format!("`{key}` cannot be set in [defaults]; set it on each task"),
                 );
             } else if TASK_COMMON_KEYS.contains(&key) {
                 defaults.set(&mut ctx, key, v);
@@ -932,11 +999,7 @@ pub fn parse_dag(
                     templates: sites,
                 });
             } else {
-                let candidates = TASK_COMMON_KEYS
-                    .iter()
-                    .chain(all_kind_keys.iter())
-                    .copied()
-                    .filter(|k| *k != "upstream");
+                let candidates = TASK_COMMON_KEYS.iter().chain(all_kind_keys.iter()).copied();
                 ctx.err(
                     k.span(),
                     format!(
@@ -967,10 +1030,65 @@ pub fn parse_dag(
             let mut own = Common::default();
             let mut upstream = Vec::new();
             let mut extra: Vec<Entry<'_, '_>> = Vec::new();
+            let mut checkpoint_update = IndexMap::new();
+            let mut map_over = None;
+            let mut map_concurrency = None;
+            let mut special_sites = Vec::new();
             for (k, v) in entries(task) {
                 let key = k.get_ref().as_ref();
                 if key == "upstream" {
                     upstream = ctx.string_list("upstream", v).unwrap_or_default();
+                } else if key == "checkpoint_update" {
+                    let DeValue::Table(ut) = v.get_ref() else {
+                        ctx.err(
+                            v.span(),
+                            "`checkpoint_update` must be a table of checkpoint name = template, \
+                             e.g. { last_id = \"{{ result.max_id }}\" }",
+                        );
+                        continue;
+                    };
+                    for (nk, nv) in entries(ut) {
+                        let name = nk.get_ref().to_string();
+                        if !checkpoints.contains_key(&name) {
+                            let declared = if checkpoints.is_empty() {
+                                " (the DAG declares no [checkpoints])".to_string()
+                            } else {
+                                suggestion(&name, checkpoints.keys().map(String::as_str))
+                            };
+                            ctx.err(
+                                nk.span(),
+                                format!("`checkpoint_update` names unknown checkpoint `{name}`{declared}"),
+                            );
+                            continue;
+                        }
+                        if let Some(t) = ctx.string(&format!("checkpoint_update.{name}"), nv) {
+                            let mut site = TemplateSite::new(src, nv.span(), &t, false);
+                            site.scope = SiteScope::CheckpointUpdate;
+                            special_sites.push(site);
+                            checkpoint_update.insert(name, t);
+                        }
+                    }
+                } else if key == "map_over" {
+                    match v.get_ref() {
+                        DeValue::String(_) | DeValue::Array(_) => {
+                            let mut sites = Vec::new();
+                            collect_strings(src, v, false, &mut sites);
+                            for mut site in sites {
+                                site.scope = SiteScope::MapOver;
+                                special_sites.push(site);
+                            }
+                            map_over = Some(ctx.json(v));
+                        }
+                        other => ctx.err(
+                            v.span(),
+                            format!(
+                                "`map_over` must be a list or a template that renders to one, not {}",
+                                type_name(other)
+                            ),
+                        ),
+                    }
+                } else if key == "map_concurrency" {
+                    map_concurrency = ctx.positive_u32(key, v).map(|n| (n, v.span()));
                 } else if TASK_COMMON_KEYS.contains(&key) {
                     own.set(&mut ctx, key, v);
                 } else {
@@ -1009,7 +1127,11 @@ pub fn parse_dag(
                 let key = k.get_ref().as_ref();
                 if let Some(kk) = &kind_keys {
                     if !kk.allowed.contains(&key) {
-                        let candidates = TASK_COMMON_KEYS.iter().chain(kk.allowed.iter()).copied();
+                        let candidates = TASK_COMMON_KEYS
+                            .iter()
+                            .chain(TASK_ONLY_KEYS)
+                            .chain(kk.allowed.iter())
+                            .copied();
                         let kind = common.kind.as_ref().map(|(k, _)| k.as_str()).unwrap_or("");
                         ctx.err(
                             k.span(),
@@ -1043,6 +1165,13 @@ pub fn parse_dag(
                     }
                 }
             }
+            if let (Some((_, span)), None) = (&map_concurrency, &map_over) {
+                ctx.err(
+                    span.clone(),
+                    "`map_concurrency` needs `map_over` (it caps the mapped instances running at once)",
+                );
+            }
+            sites.extend(special_sites);
             // Syntax of the task's own strings (defaults were checked once above).
             for site in sites.iter().filter(|s| !s.from_defaults) {
                 if let Err(e) = templates.check(&site.src) {
@@ -1056,6 +1185,9 @@ pub fn parse_dag(
                 upstream,
                 args,
                 templates: sites,
+                checkpoint_update,
+                map_over,
+                map_concurrency: map_concurrency.map(|(n, _)| n),
             });
         }
     }
@@ -1155,15 +1287,47 @@ pub fn parse_dag(
                 } else {
                     String::new()
                 };
+                let scoped = match top_name {
+                    MAPPED_ITEM => t.map_over.is_some() && site.scope != SiteScope::MapOver,
+                    CHECKPOINT_RESULT => site.scope == SiteScope::CheckpointUpdate,
+                    _ => false,
+                };
+                if scoped {
+                    continue;
+                }
                 if !CONTEXT_NAMES.contains(&top_name) && !globals.iter().any(|g| g == top_name) {
                     if reported.insert(top_name.to_string()) {
+                        let why = match top_name {
+                            MAPPED_ITEM if site.scope == SiteScope::MapOver => {
+                                " (`item` is the current element of a mapped task; `map_over` itself cannot read it)".to_string()
+                            }
+                            MAPPED_ITEM => " (`item` exists only in tasks with `map_over`)".to_string(),
+                            CHECKPOINT_RESULT => {
+                                " (`result` exists only in `checkpoint_update` templates)".to_string()
+                            }
+                            _ => suggestion(top_name, CONTEXT_NAMES.iter().copied()),
+                        };
                         ctx.err_at(
                             site.offset_of(top_name),
-                            format!(
-                                "unknown template variable `{top_name}`{on}{}",
-                                suggestion(top_name, CONTEXT_NAMES.iter().copied())
-                            ),
+                            format!("unknown template variable `{top_name}`{on}{why}"),
                         );
+                    }
+                    continue;
+                }
+                if top_name == "checkpoint" {
+                    if let Some(name) = parts.next() {
+                        let needle = format!("checkpoint.{name}");
+                        if !checkpoints.contains_key(name) && reported.insert(needle.clone()) {
+                            let declared = if checkpoints.is_empty() {
+                                " (the DAG declares no [checkpoints])".to_string()
+                            } else {
+                                suggestion(name, checkpoints.keys().map(String::as_str))
+                            };
+                            ctx.err_at(
+                                site.offset_of(&needle),
+                                format!("template reads unknown checkpoint `{name}`{on}{declared}"),
+                            );
+                        }
                     }
                     continue;
                 }
@@ -1234,6 +1398,9 @@ pub fn parse_dag(
             priority_weight: c.priority_weight.unwrap_or(1),
             doc: c.doc,
             args: t.args,
+            checkpoint_update: t.checkpoint_update,
+            map_over: t.map_over,
+            map_concurrency: t.map_concurrency,
         };
         tasks.insert(t.id, def);
     }
@@ -1255,6 +1422,7 @@ pub fn parse_dag(
         dagrun_timeout_ms,
         tags,
         params,
+        checkpoints,
         is_paused_upon_creation,
         tasks,
         downstream,

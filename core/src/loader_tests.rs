@@ -392,7 +392,7 @@ kind = "noop"
     );
     assert_has(
         &e,
-        "13:2: unknown key `task` at top level (expected [dag], [defaults], [params], [tasks]); did you mean `tasks`?",
+        "13:2: unknown key `task` at top level (expected [dag], [defaults], [params], [checkpoints], [tasks]); did you mean `tasks`?",
     );
     assert_eq!(e.len(), 4, "{e:?}");
 }
@@ -902,4 +902,169 @@ fn documented_example_loads_and_renders() {
         )
         .unwrap();
     assert_eq!(load["env"]["PLAYERS"], json!("{\"578080\":1000}"));
+}
+
+#[test]
+fn checkpoints_and_updates() {
+    let dag = ok(r#"
+[dag]
+id = "cursor"
+
+[checkpoints]
+last_steam_id = 76561197960499900
+label = "start"
+
+[tasks.fetch]
+kind = "shell"
+command = "echo {{ checkpoint.last_steam_id }}"
+checkpoint_update = { last_steam_id = "{{ result.max_id }}" }
+"#);
+    assert_eq!(
+        dag.checkpoints["last_steam_id"],
+        json!(76561197960499900i64)
+    );
+    assert_eq!(dag.checkpoints["label"], json!("start"));
+    let t = dag.task("fetch").unwrap();
+    assert_eq!(t.checkpoint_update["last_steam_id"], "{{ result.max_id }}");
+}
+
+#[test]
+fn checkpoint_mistakes_are_located() {
+    let e = errs(
+        r#"
+[dag]
+id = "cursor"
+
+[checkpoints]
+last_id = 1
+bad = [1, 2]
+"9lives" = 3
+
+[tasks.fetch]
+kind = "shell"
+command = "echo {{ checkpoint.last_ld }} {{ result }}"
+checkpoint_update = { last_idd = "{{ result.max_id }}" }
+
+[tasks.other]
+kind = "shell"
+command = "echo"
+checkpoint_update = "{{ result }}"
+"#,
+    );
+    assert_has(
+        &e,
+        "7:7: checkpoint `bad` must have a string, number or boolean initial value, not an array",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("8:1: checkpoint name `9lives` must start")),
+        "{e:?}"
+    );
+    assert_has(
+        &e,
+        "12:20: template reads unknown checkpoint `last_ld`; did you mean `last_id`?",
+    );
+    assert_has(
+        &e,
+        "12:45: unknown template variable `result` (`result` exists only in `checkpoint_update` templates)",
+    );
+    assert_has(
+        &e,
+        "13:23: `checkpoint_update` names unknown checkpoint `last_idd`; did you mean `last_id`?",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("18:21: `checkpoint_update` must be a table")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn mapped_tasks() {
+    let dag = ok(r#"
+[dag]
+id = "mapped"
+
+[tasks.ids]
+kind = "shell"
+command = "echo"
+
+[tasks.each]
+kind = "shell"
+upstream = ["ids"]
+map_over = "{{ xcom.ids }}"
+map_concurrency = 4
+command = "echo {{ item }}"
+
+[tasks.literal]
+kind = "shell"
+map_over = ["a", "b"]
+command = "echo {{ item }} {{ task.map_index }}"
+"#);
+    let each = dag.task("each").unwrap();
+    assert_eq!(each.map_over, Some(json!("{{ xcom.ids }}")));
+    assert_eq!(each.map_concurrency, Some(4));
+    assert_eq!(
+        dag.task("literal").unwrap().map_over,
+        Some(json!(["a", "b"]))
+    );
+    assert_eq!(dag.task("ids").unwrap().map_over, None);
+}
+
+#[test]
+fn mapping_mistakes_are_located() {
+    let e = errs(
+        r#"
+[dag]
+id = "mapped"
+
+[defaults]
+map_over = [1]
+
+[tasks.plain]
+kind = "shell"
+command = "echo {{ item }}"
+map_concurrency = 2
+
+[tasks.self_ref]
+kind = "shell"
+map_over = "{{ item }}"
+command = "echo"
+
+[tasks.number]
+kind = "shell"
+map_over = 3
+command = "echo"
+
+[tasks.other]
+kind = "shell"
+map_over = "{{ xcom.plain }}"
+command = "echo"
+"#,
+    );
+    assert_has(
+        &e,
+        "6:1: `map_over` cannot be set in [defaults]; set it on each task",
+    );
+    assert_has(
+        &e,
+        "10:20: unknown template variable `item` (`item` exists only in tasks with `map_over`)",
+    );
+    assert_has(
+        &e,
+        "11:19: `map_concurrency` needs `map_over` (it caps the mapped instances running at once)",
+    );
+    assert!(
+        e.iter().any(|m| m
+            .starts_with("15:16: unknown template variable `item` (`item` is the current element")),
+        "{e:?}"
+    );
+    assert_has(
+        &e,
+        "20:12: `map_over` must be a list or a template that renders to one, not an integer",
+    );
+    assert_has(
+        &e,
+        "25:16: task other reads xcom.plain but plain is not upstream of it",
+    );
 }

@@ -164,6 +164,17 @@ pub struct TaskDef {
     pub doc: Option<String>,
     /// The kind's own keys, after merging `[defaults]`.
     pub args: serde_json::Map<String, serde_json::Value>,
+    /// Checkpoint name -> template over `result` (the try's XCom value); proposed
+    /// when the try succeeds, committed when its run succeeds.
+    #[serde(default)]
+    pub checkpoint_update: IndexMap<String, String>,
+    /// A template (or literal list) rendering to a list: the task runs once per item,
+    /// with `item` in its context (Airflow's dynamic task mapping).
+    #[serde(default)]
+    pub map_over: Option<serde_json::Value>,
+    /// At most this many mapped instances of the task run at once in one run.
+    #[serde(default)]
+    pub map_concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -180,6 +191,9 @@ pub struct Dag {
     pub dagrun_timeout_ms: Option<u64>,
     pub tags: Vec<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// `[checkpoints]`: name -> initial value (cursors that advance with successful runs).
+    #[serde(default)]
+    pub checkpoints: IndexMap<String, serde_json::Value>,
     pub is_paused_upon_creation: Option<bool>,
     /// In a topological order (upstream before downstream, ties by file order).
     pub tasks: IndexMap<String, TaskDef>,

@@ -23,7 +23,13 @@ pub const CONTEXT_NAMES: &[&str] = &[
     "try_number",
     "macros",
     "secrets",
+    "checkpoint",
 ];
+
+/// Names only some templates may read: `item` in a mapped task, `result` (the try's
+/// XCom value) in `checkpoint_update`.
+pub const MAPPED_ITEM: &str = "item";
+pub const CHECKPOINT_RESULT: &str = "result";
 
 /// A template that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq)]

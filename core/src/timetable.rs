@@ -404,6 +404,7 @@ mod tests {
             dagrun_timeout_ms: None,
             tags: vec![],
             params: serde_json::Map::new(),
+            checkpoints: IndexMap::new(),
             is_paused_upon_creation: None,
             tasks: IndexMap::new(),
             downstream: HashMap::new(),

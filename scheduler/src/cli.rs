@@ -259,6 +259,14 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
+/// A JSON value shown without quotes when it is a string.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn opt_time(t: Option<DateTime<Utc>>) -> String {
     t.map(rfc3339).unwrap_or_else(|| "-".into())
 }
@@ -581,12 +589,24 @@ async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Re
             let runs = store.runs(&dag_id, 5).await?;
             let last = store.last_scheduled_interval(&dag_id).await?;
             let next = dag.next_due_at(last.as_ref(), now());
+            let connections =
+                sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
+            let checkpoints = crate::checkpoints::Checkpoints::new(store.clone(), &connections);
+            let current = if dag.checkpoints.is_empty() {
+                Ok(Default::default())
+            } else {
+                checkpoints.current(&dag).await
+            };
             if json {
                 let out = json!({
                     "dag": dag,
                     "is_paused": row.as_ref().map(|r| r.is_paused),
                     "next_run_after": next.map(rfc3339),
                     "latest_runs": runs,
+                    "checkpoints": match &current {
+                        Ok(values) => json!(values),
+                        Err(e) => json!({"error": e}),
+                    },
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
@@ -625,6 +645,31 @@ async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Re
             );
             if !dag.tags.is_empty() {
                 println!("tags:        {}", dag.tags.join(", "));
+            }
+            if !dag.checkpoints.is_empty() {
+                println!();
+                println!("checkpoints (in {}):", checkpoints.describe(&dag.dag_id));
+                match &current {
+                    Ok(values) => {
+                        let rows: Vec<Vec<String>> = values
+                            .iter()
+                            .map(|(name, v)| {
+                                let initial = &dag.checkpoints[name];
+                                vec![
+                                    name.clone(),
+                                    plain(v),
+                                    if v == initial {
+                                        "initial value".into()
+                                    } else {
+                                        format!("initial {}", plain(initial))
+                                    },
+                                ]
+                            })
+                            .collect();
+                        table(&["checkpoint", "current", ""], &rows);
+                    }
+                    Err(e) => println!("  cannot read them: {e}"),
+                }
             }
             println!();
             let rows: Vec<Vec<String>> = dag

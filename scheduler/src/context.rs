@@ -12,6 +12,8 @@ use sluice_core::{Dag, TaskDef, Templates};
 use sluice_store::{Store, XcomValue};
 use sluice_tasks::Secrets;
 
+use crate::checkpoints::Checkpoints;
+
 /// What the context is built for.
 pub struct RunInfo<'a> {
     pub dag: &'a Dag,
@@ -26,6 +28,11 @@ pub struct RunInfo<'a> {
     pub conf: &'a Value,
     pub try_number: i64,
     pub map_index: i64,
+    /// The element of `map_over` a mapped task instance runs for (`item`).
+    pub item: Option<Value>,
+    /// The try's XCom value, when rendering `checkpoint_update` (`result`).
+    pub result: Option<Value>,
+    pub checkpoints: &'a Checkpoints,
 }
 
 /// True when any string in `v` holds template syntax.
@@ -155,6 +162,19 @@ pub async fn build(
         })),
     );
     ctx.insert("macros".into(), macros());
+    if let Some(item) = &info.item {
+        ctx.insert("item".into(), JValue::from_serialize(item));
+    }
+    if let Some(result) = &info.result {
+        ctx.insert("result".into(), JValue::from_serialize(result));
+    }
+    if refs
+        .iter()
+        .any(|r| r == "checkpoint" || r.starts_with("checkpoint."))
+    {
+        let values = info.checkpoints.current(info.dag).await?;
+        ctx.insert("checkpoint".into(), JValue::from_serialize(&values));
+    }
 
     let (xcom_tasks, xcom_dynamic) = members(&refs, "xcom");
     if xcom_dynamic || !xcom_tasks.is_empty() {

@@ -24,6 +24,7 @@ use sluice_tasks::{
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoints::{self, Checkpoints};
 use crate::context::{self, RunInfo};
 
 #[derive(Clone, Debug)]
@@ -49,6 +50,9 @@ pub enum ExecEvent {
         state: RunState,
     },
 }
+
+/// Airflow's `max_map_length`: more mapped instances than this is a mistake.
+const MAX_MAP_LENGTH: usize = 10_000;
 
 const CANCEL_NONE: u8 = 0;
 const CANCEL_SHUTDOWN: u8 = 1;
@@ -77,6 +81,7 @@ pub struct Executor {
     running: Arc<Mutex<HashMap<i64, RunningTry>>>,
     /// Hides secret values and connection passwords in logs and stored errors.
     masker: Masker,
+    checkpoints: Arc<Checkpoints>,
 }
 
 /// Task state read from the metadata store.
@@ -124,6 +129,7 @@ impl Executor {
         );
         Executor {
             masker,
+            checkpoints: Arc::new(Checkpoints::new(store.clone(), &cfg.connections)),
             store,
             registry,
             templates: Arc::new(Templates::new()),
@@ -154,6 +160,13 @@ impl Executor {
         tracing::info!(worker = %self.worker_id, parallelism = self.cfg.parallelism, "executor started");
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
+        // Checkpoints a crashed process committed but never wrote to Redis.
+        let checkpoints = self.checkpoints.clone();
+        tokio::spawn(async move {
+            if let Err(e) = checkpoints.flush().await {
+                tracing::warn!("cannot write queued checkpoints: {e}");
+            }
+        });
         let (tx, mut rx) = mpsc::unbounded_channel::<TryResult>();
         let mut pending: Vec<TryResult> = Vec::new();
         let mut shutting_down = false;
@@ -185,14 +198,31 @@ impl Executor {
                         if let Some(at) = report.next_retry_at {
                             next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
                         }
-                        for (dag_id, run_id, state) in report.runs_finished {
-                            tracing::info!(%dag_id, %run_id, %state, "DAG run finished");
-                            let _ = self.events.send(ExecEvent::RunFinished {
-                                dag_id,
-                                run_id,
-                                state,
-                            });
+                        if !report.runs_finished.is_empty() {
                             self.scheduler_wake.notify_one();
+                            let succeeded = report
+                                .runs_finished
+                                .iter()
+                                .any(|(_, _, s)| *s == RunState::Success);
+                            let this = self.clone();
+                            // Off the hot loop: committed checkpoints go to Redis before
+                            // anyone hears the run finished (a slow Redis delays only
+                            // that news, never the next tries).
+                            tokio::spawn(async move {
+                                if succeeded {
+                                    if let Err(e) = this.checkpoints.flush().await {
+                                        tracing::error!("cannot write checkpoints: {e}; they stay queued in the store and are written on the next read or flush");
+                                    }
+                                }
+                                for (dag_id, run_id, state) in report.runs_finished {
+                                    tracing::info!(%dag_id, %run_id, %state, "DAG run finished");
+                                    let _ = this.events.send(ExecEvent::RunFinished {
+                                        dag_id,
+                                        run_id,
+                                        state,
+                                    });
+                                }
+                            });
                         }
                     }
                     Err(e) => {
@@ -380,8 +410,16 @@ impl Executor {
             format!("{}.{}", c.dag_id, c.task_id),
         ));
         let metrics = TryMetrics::default();
+        let mut proposals = Vec::new();
         let outcome = match self
-            .execute(&c, &log, cancel, &reason, state.clone(), metrics.clone())
+            .execute(
+                &c,
+                &log,
+                cancel,
+                &reason,
+                (state.clone(), metrics.clone()),
+                &mut proposals,
+            )
             .await
         {
             // Errors are stored and shown: keep secrets out of them.
@@ -398,6 +436,16 @@ impl Executor {
                 if *retryable { "" } else { " (not retryable)" }
             )),
             Outcome::Interrupted { reason } => log.warn(&format!("try interrupted: {reason}")),
+            Outcome::Expand { items, .. } => log.info(&format!(
+                "mapped over {} item{}: {}",
+                items.len(),
+                if items.len() == 1 { "" } else { "s" },
+                if items.is_empty() {
+                    "nothing to run, the task is skipped".to_string()
+                } else {
+                    format!("task instances {}[0..{}] scheduled", c.task_id, items.len())
+                }
+            )),
         }
         let m = metrics.snapshot();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -410,6 +458,7 @@ impl Executor {
                     key,
                     value,
                 })
+                .chain(proposals)
                 .collect()
         } else {
             Vec::new()
@@ -432,8 +481,8 @@ impl Executor {
         log: &TryLog,
         cancel: CancellationToken,
         reason: &AtomicU8,
-        state: Arc<TaskState>,
-        metrics: TryMetrics,
+        (state, metrics): (Arc<TaskState>, TryMetrics),
+        checkpoint_proposals: &mut Vec<StateProposal>,
     ) -> Outcome {
         let fatal = |error: String| Outcome::Failed {
             error,
@@ -463,40 +512,57 @@ impl Executor {
         let Some(kind) = self.registry.get(&task.kind) else {
             return fatal(format!("unknown task kind `{}`", task.kind));
         };
+        let conf: Value = serde_json::from_str(&c.conf).unwrap_or_else(|_| serde_json::json!({}));
+        let item = match c.map_item.as_deref().map(serde_json::from_str::<Value>) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return fatal(format!("the stored map item is not JSON: {e}")),
+        };
+        let info = RunInfo {
+            dag: &dag,
+            task,
+            run_pk: Some(c.dag_run_id),
+            run_id: &c.run_id,
+            run_type: &c.run_type,
+            logical_date: c.logical_date,
+            data_interval_start: c.data_interval_start,
+            data_interval_end: c.data_interval_end,
+            conf: &conf,
+            try_number: c.try_number,
+            map_index: c.map_index,
+            item,
+            result: None,
+            checkpoints: &self.checkpoints,
+        };
+        if let (Some(map_over), -1) = (&task.map_over, c.map_index) {
+            // The placeholder of a mapped task: expand it, run nothing.
+            let items = match self.render(&info, map_over).await {
+                Ok(Value::Array(items)) => items,
+                Ok(other) => {
+                    return fatal(format!(
+                        "`map_over` must render to a list, got {}",
+                        sluice_tasks::short(&other)
+                    ))
+                }
+                Err(e) => return e,
+            };
+            if items.len() > MAX_MAP_LENGTH {
+                return fatal(format!(
+                    "`map_over` rendered {} items; at most {MAX_MAP_LENGTH} mapped task instances are allowed (batch the items instead)",
+                    items.len()
+                ));
+            }
+            return Outcome::Expand {
+                items: items.iter().map(Value::to_string).collect(),
+                max_active: task.map_concurrency,
+            };
+        }
         let raw = Value::Object(task.args.clone());
         let args = if context::has_templates(&raw) {
-            let conf: Value =
-                serde_json::from_str(&c.conf).unwrap_or_else(|_| serde_json::json!({}));
-            let info = RunInfo {
-                dag: &dag,
-                task,
-                run_pk: Some(c.dag_run_id),
-                run_id: &c.run_id,
-                run_type: &c.run_type,
-                logical_date: c.logical_date,
-                data_interval_start: c.data_interval_start,
-                data_interval_end: c.data_interval_end,
-                conf: &conf,
-                try_number: c.try_number,
-                map_index: c.map_index,
-            };
-            let ctx = match context::build(
-                &self.store,
-                &self.templates,
-                &self.cfg.artifacts_dir,
-                &self.cfg.secrets,
-                &info,
-                &raw,
-            )
-            .await
-            {
-                Ok(ctx) => ctx,
-                Err(e) => return fatal(format!("cannot render templates: {e}")),
-            };
-            match self.templates.render_value(&raw, &ctx) {
+            match self.render(&info, &raw).await {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => return fatal("rendered arguments are not a table".into()),
-                Err(e) => return fatal(format!("template error in `{}`", e)),
+                Err(e) => return e,
             }
         } else {
             task.args.clone()
@@ -535,6 +601,54 @@ impl Executor {
             None => fut.await,
         };
         match result {
+            Ok(value) if !task.checkpoint_update.is_empty() => {
+                let updates = Value::Object(
+                    task.checkpoint_update
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect(),
+                );
+                let info = RunInfo {
+                    result: Some(value),
+                    ..info
+                };
+                let rendered = match self.render(&info, &updates).await {
+                    Ok(Value::Object(m)) => m,
+                    Ok(_) => return fatal("rendered checkpoint_update is not a table".into()),
+                    Err(Outcome::Failed { error, retryable }) => {
+                        return Outcome::Failed {
+                            error: format!("checkpoint_update: {error}"),
+                            retryable,
+                        }
+                    }
+                    Err(other) => return other,
+                };
+                for (name, v) in rendered {
+                    match checkpoints::stored_text(&v) {
+                        Some(text) => {
+                            log.info(&format!(
+                                "checkpoint {name} -> {text} (committed when the run succeeds)"
+                            ));
+                            checkpoint_proposals.push(StateProposal {
+                                namespace: sluice_store::checkpoint_namespace(&c.dag_id),
+                                key: name,
+                                value: text,
+                            });
+                        }
+                        None => log.info(&format!(
+                            "checkpoint {name} unchanged (the update rendered empty)"
+                        )),
+                    }
+                }
+                let value = info.result.unwrap_or(Value::Null);
+                match self.store_xcom(c, value) {
+                    Ok(x) => Outcome::Success(x),
+                    Err(e) => Outcome::Failed {
+                        error: format!("cannot store the task's result: {e}"),
+                        retryable: true,
+                    },
+                }
+            }
             Ok(value) => match self.store_xcom(c, value) {
                 Ok(x) => Outcome::Success(x),
                 Err(e) => Outcome::Failed {
@@ -557,6 +671,32 @@ impl Executor {
                 },
             },
         }
+    }
+
+    /// Renders `value` in the context of `info`; a failure is the try's outcome
+    /// (retryable when the context could not be read, fatal for a template error).
+    async fn render(&self, info: &RunInfo<'_>, value: &Value) -> Result<Value, Outcome> {
+        let ctx = context::build(
+            &self.store,
+            &self.templates,
+            &self.cfg.artifacts_dir,
+            &self.cfg.secrets,
+            info,
+            value,
+        )
+        .await
+        .map_err(|e| Outcome::Failed {
+            error: format!("cannot render templates: {e}"),
+            // Missing XComs and variables will not appear by retrying, but an
+            // unreachable Redis or store may come back.
+            retryable: e.contains("Redis") || e.contains("cannot read"),
+        })?;
+        self.templates
+            .render_value(value, &ctx)
+            .map_err(|e| Outcome::Failed {
+                error: format!("template error in `{e}`"),
+                retryable: false,
+            })
     }
 
     /// Small values stay inline; large ones are written to the artifact store and the

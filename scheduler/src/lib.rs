@@ -10,6 +10,7 @@
 //! - `cli`: the `sluice` command
 
 pub mod bench;
+pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -43,6 +44,7 @@ pub fn executor_config(cfg: &Config) -> anyhow::Result<ExecutorConfig> {
     let connections =
         sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
     let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
+    checkpoints::Checkpoints::validate(&connections).map_err(anyhow::Error::msg)?;
     Ok(ExecutorConfig {
         connections,
         secrets,

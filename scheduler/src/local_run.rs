@@ -240,6 +240,9 @@ pub async fn run_single_task(
     let interval = interval_at(dag, logical);
     let run_id = RunType::Manual.run_id(logical);
     let raw = Value::Object(task.args.clone());
+    let connections =
+        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
+    let checkpoints = crate::checkpoints::Checkpoints::new(store.clone(), &connections);
     let info = RunInfo {
         dag,
         task,
@@ -252,6 +255,10 @@ pub async fn run_single_task(
         conf,
         try_number: 1,
         map_index: -1,
+        // `tasks test` runs one task alone: a mapped task runs for its first item.
+        item: None,
+        result: None,
+        checkpoints: &checkpoints,
     };
     let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
     let ctx = context::build(
@@ -270,8 +277,6 @@ pub async fn run_single_task(
     };
     let dir = tempfile::tempdir()?;
     let log_path = dir.path().join("task.log");
-    let connections =
-        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
     let masker =
         sluice_tasks::Masker::new(secrets.values().into_iter().chain(connections.passwords()));
     let log = TryLog::open_masked(&log_path, masker).context("cannot create the task log")?;

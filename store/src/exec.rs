@@ -45,6 +45,8 @@ pub struct Claimed {
     /// The task names a pool that does not exist: the worker fails the try at once
     /// with a message saying so, rather than leaving it waiting forever.
     pub pool_missing: bool,
+    /// The JSON item of a mapped task instance (`item` in its templates).
+    pub map_item: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +70,14 @@ pub enum Outcome {
     /// scheduled again without using up one of its retries.
     Interrupted {
         reason: String,
+    },
+    /// A mapped task's placeholder (map index -1) rendered its `map_over`: it becomes
+    /// one scheduled task instance per item (none: the task is skipped). Not a try.
+    Expand {
+        /// Each item as JSON text.
+        items: Vec<String>,
+        /// `map_concurrency`.
+        max_active: Option<u32>,
     },
 }
 
@@ -115,8 +125,26 @@ pub struct FinishReport {
     pub stale: usize,
 }
 
+/// A claim candidate: (id, dag_run_id, pool, pool_slots, run's max_active_tasks,
+/// task_id, max_active_per_run).
+type CandidateRow = (i64, i64, String, i64, i64, String, Option<i64>);
+
 /// (try_number, max_tries, start_date, lease) of a running task instance.
 type RunningRow = (i64, i64, Option<DateTime<Utc>>, Option<String>);
+
+/// The task-state namespace of a DAG's checkpoints.
+pub fn checkpoint_namespace(dag_id: &str) -> String {
+    format!("checkpoint:{dag_id}")
+}
+
+/// A committed checkpoint value waiting to be written to Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub dag_id: String,
+    pub name: String,
+    pub value: String,
+}
 
 /// Relative path of a try's log file, laid out as Airflow does.
 pub fn log_path(
@@ -208,7 +236,8 @@ impl Store {
             d.for_update()
         );
         let candidates_q = format!(
-            "SELECT ti.id, ti.dag_run_id, ti.pool, ti.pool_slots, r.max_active_tasks \
+            "SELECT ti.id, ti.dag_run_id, ti.pool, ti.pool_slots, r.max_active_tasks, \
+             ti.task_id, ti.max_active_per_run \
              FROM task_instance ti JOIN dag_run r ON r.id = ti.dag_run_id \
              WHERE ti.state IN ('scheduled', 'up_for_retry') \
              AND (ti.state = 'scheduled' OR ti.next_try_at <= $1) AND r.state = 'running' \
@@ -224,7 +253,7 @@ impl Store {
         let info_q = format!(
             "SELECT ti.id, ti.dag_run_id, ti.dag_id, ti.run_id, ti.task_id, ti.map_index, \
              ti.try_number, ti.max_tries, r.dag_version_id, r.run_type, r.logical_date, \
-             r.data_interval_start, r.data_interval_end, r.conf, ti.pool \
+             r.data_interval_start, r.data_interval_end, r.conf, ti.pool, ti.map_item \
              FROM task_instance ti JOIN dag_run r ON r.id = ti.dag_run_id WHERE ti.id {} \
              ORDER BY ti.priority_weight DESC, ti.logical_date, ti.id",
             d.in_int_list(1)
@@ -254,15 +283,27 @@ impl Store {
             .await?
             .into_iter()
             .collect();
+            // Mapped tasks with `map_concurrency`: active instances per (run, task).
+            let mut task_active: HashMap<(i64, String), i64> =
+                sqlx::query_as::<_, (i64, String, i64)>(&format!(
+                    "SELECT dag_run_id, task_id, COUNT(*) FROM task_instance \
+                     WHERE state IN {ACTIVE_TI_STATES} AND max_active_per_run IS NOT NULL \
+                     GROUP BY dag_run_id, task_id"
+                ))
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(r, t, n)| ((r, t), n))
+                .collect();
             // Read more than `limit`: some candidates may be blocked by a cap.
-            let candidates: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(&candidates_q)
+            let candidates: Vec<CandidateRow> = sqlx::query_as(&candidates_q)
                 .bind(ts)
                 .bind((limit * 4) as i64)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut chosen = Vec::new();
             let mut missing_pool = std::collections::HashSet::new();
-            for (id, run_pk, pool_name, slots, max_active_tasks) in candidates {
+            for (id, run_pk, pool_name, slots, max_active_tasks, task_id, per_task_cap) in candidates {
                 if chosen.len() >= limit {
                     break;
                 }
@@ -275,6 +316,13 @@ impl Store {
                 let active = run_active.entry(run_pk).or_insert(0);
                 if *used + slots > *pool_slots || *active >= max_active_tasks {
                     continue;
+                }
+                if let Some(cap) = per_task_cap {
+                    let n = task_active.entry((run_pk, task_id)).or_insert(0);
+                    if *n >= cap {
+                        continue;
+                    }
+                    *n += 1;
                 }
                 *used += slots;
                 *active += 1;
@@ -322,6 +370,7 @@ impl Store {
                         conf: r.get(13),
                         start_date: ts,
                         pool: r.get(14),
+                        map_item: r.get(15),
                         pool_missing: missing_pool.contains(&ti_id),
                     }
                 })
@@ -427,6 +476,15 @@ impl Store {
                 &[("namespace", "text"), ("key", "text"), ("value", "text")]
             )
         );
+        let expand_q = format!(
+            "INSERT INTO task_instance (dag_run_id, dag_id, run_id, task_id, map_index, state, \
+             try_number, max_tries, pool, pool_slots, priority_weight, logical_date, scheduled_at, \
+             map_item, max_active_per_run) \
+             SELECT t.dag_run_id, t.dag_id, t.run_id, t.task_id, v.map_index, 'scheduled', 0, \
+             t.max_tries, t.pool, t.pool_slots, t.priority_weight, t.logical_date, $2, v.item, \
+             t.max_active_per_run FROM task_instance t, {} WHERE t.id = $1",
+            d.json_rows(3, &[("map_index", "bigint"), ("item", "text")])
+        );
         let upstream_states_q = format!(
             "SELECT task_id, state FROM task_instance WHERE dag_run_id = $1 AND task_id {}",
             d.in_text_list(2)
@@ -478,6 +536,54 @@ impl Store {
                         continue;
                     };
                     let (try_number, max_tries) = (*try_number, *max_tries);
+                    if let Outcome::Expand { items, max_active } = &r.outcome {
+                        // Expanding is not a try: drop the try row the claim made.
+                        sqlx::query("DELETE FROM task_try WHERE ti_id = $1 AND try_number = $2")
+                            .bind(r.ti_id)
+                            .bind(try_number)
+                            .execute(&mut *tx)
+                            .await?;
+                        if items.is_empty() {
+                            // Nothing to map over: the task is skipped, as in Airflow.
+                            sqlx::query(
+                                "UPDATE task_instance SET state = 'skipped', try_number = 0, \
+                                 owner = NULL, lease = NULL, end_date = $2, start_date = NULL \
+                                 WHERE id = $1",
+                            )
+                            .bind(r.ti_id)
+                            .bind(r.end)
+                            .execute(&mut *tx)
+                            .await?;
+                            changed.push(r.task_id.clone());
+                            continue;
+                        }
+                        sqlx::query(
+                            "UPDATE task_instance SET map_index = 0, state = 'scheduled', \
+                             try_number = 0, owner = NULL, lease = NULL, start_date = NULL, \
+                             scheduled_at = $2, map_item = $3, max_active_per_run = $4 WHERE id = $1",
+                        )
+                        .bind(r.ti_id)
+                        .bind(r.end)
+                        .bind(&items[0])
+                        .bind(max_active.map(i64::from))
+                        .execute(&mut *tx)
+                        .await?;
+                        if items.len() > 1 {
+                            let rest: Vec<serde_json::Value> = items[1..]
+                                .iter()
+                                .enumerate()
+                                .map(|(i, item)| serde_json::json!({"map_index": i + 1, "item": item}))
+                                .collect();
+                            sqlx::query(&expand_q)
+                                .bind(r.ti_id)
+                                .bind(r.end)
+                                .bind(serde_json::Value::Array(rest).to_string())
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        report.scheduled += items.len() as u64;
+                        continue;
+                    }
                     let duration_ms = start.map(|s| (r.end - s).num_milliseconds().max(0));
                     let (state, try_state, error, next_try_at, max_tries) = match &r.outcome {
                         Outcome::Success(_) => (TiState::Success, "success", None, None, max_tries),
@@ -506,6 +612,7 @@ impl Store {
                             None,
                             max_tries + 1,
                         ),
+                        Outcome::Expand { .. } => unreachable!("handled above"),
                     };
                     ti_updates.push(serde_json::json!({
                         "id": r.ti_id,
@@ -696,6 +803,18 @@ impl Store {
                             .bind(ts)
                             .execute(&mut *tx)
                             .await?;
+                            // Checkpoints also wait in the outbox for Redis.
+                            sqlx::query(
+                                "INSERT INTO checkpoint_outbox (dag_id, name, value, dag_run_id, created_at) \
+                                 SELECT $3, key, value, dag_run_id, $2 FROM state_proposal \
+                                 WHERE dag_run_id = $1 AND namespace = $4 ORDER BY key",
+                            )
+                            .bind(run_pk)
+                            .bind(ts)
+                            .bind(&dag_id)
+                            .bind(checkpoint_namespace(&dag_id))
+                            .execute(&mut *tx)
+                            .await?;
                         }
                         sqlx::query("DELETE FROM state_proposal WHERE dag_run_id = $1")
                             .bind(run_pk)
@@ -787,6 +906,39 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         }))
+    }
+
+    /// The oldest checkpoint values still to be written to Redis, in commit order.
+    pub async fn checkpoint_outbox(&self, limit: i64) -> Result<Vec<OutboxEntry>> {
+        let rows: Vec<(i64, String, String, String)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT id, dag_id, name, value FROM checkpoint_outbox ORDER BY id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, dag_id, name, value)| OutboxEntry {
+                id,
+                dag_id,
+                name,
+                value,
+            })
+            .collect())
+    }
+
+    /// Forgets outbox entries Redis now has.
+    pub async fn checkpoint_outbox_done(&self, ids: &[i64]) -> Result<()> {
+        let q = format!(
+            "DELETE FROM checkpoint_outbox WHERE id {}",
+            self.dialect.in_int_list(1)
+        );
+        with_pool!(&self.db, pool => {
+            sqlx::query(&q).bind(json_list(ids)).execute(pool).await?;
+        });
+        Ok(())
     }
 
     /// Earliest time an up_for_retry task instance becomes runnable.

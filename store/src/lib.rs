@@ -32,7 +32,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
 pub use exec::{
-    log_path, Claimed, FinishReport, Outcome, StateProposal, TryIo, TryResult, XcomValue,
+    checkpoint_namespace, log_path, Claimed, FinishReport, OutboxEntry, Outcome, StateProposal,
+    TryIo, TryResult, XcomValue,
 };
 pub use models::*;
 pub use state::{RunState, TiState};
@@ -251,9 +252,10 @@ impl Store {
     /// `patience`; each failed attempt is logged with the (redacted) URL.
     pub async fn connect_with_retry(url: &str, patience: Duration) -> Result<Store> {
         let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
+            let delay =
+                sluice_core::backoff(attempt, Duration::from_millis(500), Duration::from_secs(8));
             match Self::connect(url).await {
                 Ok(store) => return Ok(store),
                 Err(err @ StoreError::Invalid(_)) => return Err(err),
@@ -263,7 +265,6 @@ impl Store {
                     }
                     tracing::warn!(attempt, "{err}; retrying in {:.1}s", delay.as_secs_f64());
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(8));
                     attempt += 1;
                 }
             }

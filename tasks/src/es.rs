@@ -342,9 +342,7 @@ impl Es {
 }
 
 fn backoff(n: u32) -> Duration {
-    BACKOFF_START
-        .saturating_mul(1u32 << n.min(16))
-        .min(BACKOFF_CAP)
+    sluice_core::backoff(n + 1, BACKOFF_START, BACKOFF_CAP)
 }
 
 /// An error with its sources ("error sending request: connection refused").

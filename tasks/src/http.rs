@@ -192,8 +192,7 @@ impl RetryPolicy {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.base_delay.saturating_mul(factor).min(MAX_BACKOFF)
+        sluice_core::backoff(attempt, self.base_delay, MAX_BACKOFF)
     }
 }
 

@@ -159,7 +159,7 @@ pub(crate) fn opt_str<'a>(
 }
 
 /// A value shortened for an error message.
-pub(crate) fn short(v: &Value) -> String {
+pub fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 80 {
         format!("{}…", s.chars().take(80).collect::<String>())

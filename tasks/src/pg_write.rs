@@ -485,7 +485,8 @@ async fn connect(ctx: &TaskContext, uri: &str, server: &str) -> Result<PgConnect
     let mut last = String::new();
     for attempt in 0..CONNECT_ATTEMPTS {
         if attempt > 0 {
-            let wait = Duration::from_millis(250 << (attempt - 1));
+            let wait =
+                sluice_core::backoff(attempt, Duration::from_millis(250), Duration::from_secs(8));
             tokio::time::sleep(wait).await;
         }
         match PgConnection::connect(uri).await {
