@@ -45,7 +45,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------
 
 /// One client per process: connection pools and TLS config are shared by all tries.
-fn client() -> &'static reqwest::Client {
+pub(crate) fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
@@ -191,7 +191,7 @@ impl RetryPolicy {
         })
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub fn backoff(&self, attempt: u32) -> Duration {
         sluice_core::backoff(attempt, self.base_delay, MAX_BACKOFF)
     }
 }
@@ -431,7 +431,7 @@ fn attempts(n: u32) -> String {
 }
 
 /// A reqwest error as a short reason, without its URL (which may carry secrets).
-fn describe_reqwest_error(e: &reqwest::Error, timeout: Duration) -> String {
+pub(crate) fn describe_reqwest_error(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timed out after {}", humantime::format_duration(timeout));
     }

@@ -6,6 +6,7 @@
 //! claiming, timeouts, retries, recording.
 
 pub mod conn;
+mod crawl;
 mod csv_kind;
 mod es;
 mod files;
@@ -121,6 +122,7 @@ impl Registry {
         r.register(Arc::new(pg_write::PgWrite));
         r.register(Arc::new(kafka::KafkaProduce));
         r.register(Arc::new(kafka::KafkaConsume));
+        r.register(Arc::new(crawl::Crawl));
         r
     }
 
