@@ -55,6 +55,12 @@ pub enum Command {
     /// Run single tasks.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Connections kept encrypted in the store (besides SLUICE_CONN_* and sluice.toml).
+    #[command(subcommand)]
+    Connections(crate::cli_credentials::ConnectionsCommand),
+    /// Secrets kept encrypted in the store ({{ secrets.NAME }}), and key generation.
+    #[command(subcommand)]
+    Secrets(crate::cli_credentials::SecretsCommand),
     /// Variables templates read as {{ var.value.NAME }} / {{ var.json.NAME }}.
     #[command(subcommand)]
     Variables(VariablesCommand),
@@ -272,7 +278,7 @@ fn opt_time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// Prints rows as aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -338,6 +344,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Connections(cmd) => crate::cli_credentials::connections(&cfg, cmd).await,
+        Command::Secrets(cmd) => crate::cli_credentials::secrets(&cfg, cmd).await,
         Command::Variables(cmd) => {
             let store = crate::open_store(&cfg).await?;
             match cmd {

@@ -27,6 +27,10 @@ pub struct Config {
     pub connections: std::collections::BTreeMap<String, String>,
     /// Named secrets: name → value. `SLUICE_SECRET_<NAME>` variables add and override.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Fernet key(s), comma-separated, that encrypt connections and secrets stored in
+    /// the metadata store (`SLUICE_FERNET_KEY`). Never serialised.
+    #[serde(skip_serializing)]
+    pub fernet_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +66,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             connections: Default::default(),
             secrets: Default::default(),
+            fernet_key: None,
         }
     }
 }

@@ -217,7 +217,7 @@ pub async fn build(
         for name in &secret_names {
             if !all.contains_key(name) {
                 return Err(format!(
-                    "secret `{name}` is not set: set SLUICE_SECRET_{} or add it under [secrets] in sluice.toml",
+                    "secret `{name}` is not set: set SLUICE_SECRET_{}, add it under [secrets] in sluice.toml, or store it with `sluice secrets set {name}`",
                     name.to_uppercase()
                 ));
             }

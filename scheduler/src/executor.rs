@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,19 +18,23 @@ use sluice_store::{
     now, Claimed, Outcome, RunState, StateProposal, Store, TryIo, TryResult, XcomValue,
 };
 use sluice_tasks::{
-    Connections, Masker, Registry, Secrets, StateBackend, TaskContext, TaskError, TaskState,
-    TryLog, TryMetrics,
+    Connections, Registry, Secrets, StateBackend, TaskContext, TaskError, TaskState, TryLog,
+    TryMetrics,
 };
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoints::{self, Checkpoints};
+use crate::checkpoints;
 use crate::context::{self, RunInfo};
+use crate::credentials::{self, Credentials};
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
+    /// From the environment and sluice.toml; the store's are added at start.
     pub connections: Connections,
     pub secrets: Secrets,
+    /// Decrypts stored connections and secrets (the operator's Fernet key).
+    pub vault: Option<Arc<sluice_tasks::Vault>>,
     pub parallelism: usize,
     pub logs_dir: PathBuf,
     pub artifacts_dir: PathBuf,
@@ -80,8 +84,10 @@ pub struct Executor {
     pub events: broadcast::Sender<ExecEvent>,
     running: Arc<Mutex<HashMap<i64, RunningTry>>>,
     /// Hides secret values and connection passwords in logs and stored errors.
-    masker: Masker,
-    checkpoints: Arc<Checkpoints>,
+    /// Connections, secrets, their masker and the checkpoint store: swapped whole when
+    /// stored credentials change.
+    credentials: Arc<RwLock<Arc<Credentials>>>,
+    credentials_stamp: Arc<tokio::sync::Mutex<Option<String>>>,
 }
 
 /// Task state read from the metadata store.
@@ -121,15 +127,10 @@ impl Executor {
     pub fn new(store: Store, registry: Registry, cfg: ExecutorConfig) -> Executor {
         let (events, _) = broadcast::channel(1024);
         let hostname = hostname();
-        let masker = Masker::new(
-            cfg.secrets
-                .values()
-                .into_iter()
-                .chain(cfg.connections.passwords()),
-        );
+        let credentials = Credentials::new(&store, cfg.connections.clone(), cfg.secrets.clone());
         Executor {
-            masker,
-            checkpoints: Arc::new(Checkpoints::new(store.clone(), &cfg.connections)),
+            credentials: Arc::new(RwLock::new(Arc::new(credentials))),
+            credentials_stamp: Arc::default(),
             store,
             registry,
             templates: Arc::new(Templates::new()),
@@ -147,6 +148,41 @@ impl Executor {
         }
     }
 
+    /// The current credentials (cheap: an `Arc` clone).
+    fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads stored connections and secrets when they changed since the last load
+    /// (one cheap query otherwise). A failure keeps the current set.
+    async fn reload_credentials(&self) -> Result<(), String> {
+        let stamp = self
+            .store
+            .credentials_stamp()
+            .await
+            .map_err(|e| format!("cannot read stored credentials: {e}"))?;
+        let mut last = self.credentials_stamp.lock().await;
+        if last.as_deref() == Some(stamp.as_str()) {
+            return Ok(());
+        }
+        let loaded = credentials::load(
+            &self.store,
+            &self.cfg.connections,
+            &self.cfg.secrets,
+            self.cfg.vault.as_deref(),
+        )
+        .await?;
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        if last.is_some() {
+            tracing::info!("stored connections or secrets changed: reloaded");
+        }
+        *last = Some(stamp);
+        Ok(())
+    }
+
     pub fn worker_id(&self) -> &str {
         &self.worker_id
     }
@@ -161,7 +197,11 @@ impl Executor {
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
         // Checkpoints a crashed process committed but never wrote to Redis.
-        let checkpoints = self.checkpoints.clone();
+        // Stored connections and secrets must be readable before anything runs.
+        self.reload_credentials()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let checkpoints = self.credentials().checkpoints.clone();
         tokio::spawn(async move {
             if let Err(e) = checkpoints.flush().await {
                 tracing::warn!("cannot write queued checkpoints: {e}");
@@ -210,7 +250,7 @@ impl Executor {
                             // that news, never the next tries).
                             tokio::spawn(async move {
                                 if succeeded {
-                                    if let Err(e) = this.checkpoints.flush().await {
+                                    if let Err(e) = this.credentials().checkpoints.flush().await {
                                         tracing::error!("cannot write checkpoints: {e}; they stay queued in the store and are written on the next read or flush");
                                     }
                                 }
@@ -340,6 +380,9 @@ impl Executor {
                 }
                 Err(e) => tracing::error!("heartbeat failed: {e}"),
             }
+            if let Err(e) = self.reload_credentials().await {
+                tracing::error!("{e}; keeping the credentials loaded before");
+            }
         }
     }
 
@@ -397,10 +440,11 @@ impl Executor {
         reason: Arc<AtomicU8>,
     ) -> TryOutput {
         let log_file = self.cfg.logs_dir.join(&c.log_path);
-        let log = TryLog::open_masked(&log_file, self.masker.clone()).unwrap_or_else(|e| {
-            tracing::warn!(path = %log_file.display(), "cannot open task log: {e}");
-            TryLog::discard()
-        });
+        let log =
+            TryLog::open_masked(&log_file, self.credentials().masker.clone()).unwrap_or_else(|e| {
+                tracing::warn!(path = %log_file.display(), "cannot open task log: {e}");
+                TryLog::discard()
+            });
         log.info(&format!(
             "try {} of {} of {}.{} in run {} on worker {}",
             c.try_number, c.max_tries, c.dag_id, c.task_id, c.run_id, self.worker_id
@@ -424,7 +468,7 @@ impl Executor {
         {
             // Errors are stored and shown: keep secrets out of them.
             Outcome::Failed { error, retryable } => Outcome::Failed {
-                error: self.masker.mask(&error),
+                error: self.credentials().masker.mask(&error),
                 retryable,
             },
             other => other,
@@ -484,6 +528,7 @@ impl Executor {
         (state, metrics): (Arc<TaskState>, TryMetrics),
         checkpoint_proposals: &mut Vec<StateProposal>,
     ) -> Outcome {
+        let creds = self.credentials();
         let fatal = |error: String| Outcome::Failed {
             error,
             retryable: false,
@@ -532,11 +577,11 @@ impl Executor {
             map_index: c.map_index,
             item,
             result: None,
-            checkpoints: &self.checkpoints,
+            checkpoints: &creds.checkpoints,
         };
         if let (Some(map_over), -1) = (&task.map_over, c.map_index) {
             // The placeholder of a mapped task: expand it, run nothing.
-            let items = match self.render(&info, map_over).await {
+            let items = match self.render(&creds.secrets, &info, map_over).await {
                 Ok(Value::Array(items)) => items,
                 Ok(other) => {
                     return fatal(format!(
@@ -559,7 +604,7 @@ impl Executor {
         }
         let raw = Value::Object(task.args.clone());
         let args = if context::has_templates(&raw) {
-            match self.render(&info, &raw).await {
+            match self.render(&creds.secrets, &info, &raw).await {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => return fatal("rendered arguments are not a table".into()),
                 Err(e) => return e,
@@ -575,7 +620,7 @@ impl Executor {
             try_number: c.try_number,
             log: log.clone(),
             cancel: cancel.clone(),
-            conns: self.cfg.connections.clone(),
+            conns: creds.connections.clone(),
             state,
             metrics,
         };
@@ -612,7 +657,7 @@ impl Executor {
                     result: Some(value),
                     ..info
                 };
-                let rendered = match self.render(&info, &updates).await {
+                let rendered = match self.render(&creds.secrets, &info, &updates).await {
                     Ok(Value::Object(m)) => m,
                     Ok(_) => return fatal("rendered checkpoint_update is not a table".into()),
                     Err(Outcome::Failed { error, retryable }) => {
@@ -675,12 +720,17 @@ impl Executor {
 
     /// Renders `value` in the context of `info`; a failure is the try's outcome
     /// (retryable when the context could not be read, fatal for a template error).
-    async fn render(&self, info: &RunInfo<'_>, value: &Value) -> Result<Value, Outcome> {
+    async fn render(
+        &self,
+        secrets: &Secrets,
+        info: &RunInfo<'_>,
+        value: &Value,
+    ) -> Result<Value, Outcome> {
         let ctx = context::build(
             &self.store,
             &self.templates,
             &self.cfg.artifacts_dir,
-            &self.cfg.secrets,
+            secrets,
             info,
             value,
         )

@@ -12,8 +12,10 @@
 pub mod bench;
 pub mod checkpoints;
 pub mod cli;
+mod cli_credentials;
 pub mod config;
 pub mod context;
+pub mod credentials;
 pub mod dagbag;
 pub mod executor;
 pub mod local_run;
@@ -45,9 +47,11 @@ pub fn executor_config(cfg: &Config) -> anyhow::Result<ExecutorConfig> {
         sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
     let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
     checkpoints::Checkpoints::validate(&connections).map_err(anyhow::Error::msg)?;
+    let vault = credentials::vault(cfg.fernet_key.as_deref()).map_err(anyhow::Error::msg)?;
     Ok(ExecutorConfig {
         connections,
         secrets,
+        vault: vault.map(Arc::new),
         parallelism: cfg.parallelism,
         logs_dir: cfg.logs_dir(),
         artifacts_dir: cfg.artifacts_dir(),

@@ -64,6 +64,26 @@ async fn copy_configuration(cfg: &Config, to: &Store) {
                 .await;
         }
     }
+    // Copied still encrypted: the test run decrypts them with the same key.
+    if let Ok(conns) = from.stored_connections().await {
+        for c in conns {
+            let _ = to
+                .put_connection(
+                    &c.conn_id,
+                    &c.conn_type,
+                    c.description.as_deref(),
+                    &c.uri_encrypted,
+                )
+                .await;
+        }
+    }
+    if let Ok(secrets) = from.stored_secrets().await {
+        for s in secrets {
+            let _ = to
+                .put_secret(&s.name, &s.value_encrypted, s.description.as_deref())
+                .await;
+        }
+    }
 }
 
 pub async fn dags_test(
@@ -197,10 +217,15 @@ pub async fn run_to_completion(
     let mut events = executor.events.subscribe();
     store.start_queued_runs(&dag.dag_id).await?;
     let stop = CancellationToken::new();
-    let handle = tokio::spawn(executor.clone().run(stop.clone()));
+    let mut handle = tokio::spawn(executor.clone().run(stop.clone()));
     executor.wake.notify_one();
     loop {
         tokio::select! {
+            // The executor stops early only on an error (such as unreadable credentials).
+            done = &mut handle => {
+                done??;
+                return Err(anyhow!("the executor stopped before the run finished"));
+            }
             ev = events.recv() => {
                 if let Ok(ExecEvent::RunFinished { run_id, .. }) = ev {
                     if run_id == run.run_id {
@@ -240,9 +265,15 @@ pub async fn run_single_task(
     let interval = interval_at(dag, logical);
     let run_id = RunType::Manual.run_id(logical);
     let raw = Value::Object(task.args.clone());
-    let connections =
-        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
-    let checkpoints = crate::checkpoints::Checkpoints::new(store.clone(), &connections);
+    let exec_cfg = crate::executor_config(cfg)?;
+    let creds = crate::credentials::load(
+        store,
+        &exec_cfg.connections,
+        &exec_cfg.secrets,
+        exec_cfg.vault.as_deref(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let info = RunInfo {
         dag,
         task,
@@ -258,14 +289,13 @@ pub async fn run_single_task(
         // `tasks test` runs one task alone: a mapped task runs for its first item.
         item: None,
         result: None,
-        checkpoints: &checkpoints,
+        checkpoints: &creds.checkpoints,
     };
-    let secrets = sluice_tasks::Secrets::load(&cfg.secrets);
     let ctx = context::build(
         store,
         &templates,
         &cfg.artifacts_dir(),
-        &secrets,
+        &creds.secrets,
         &info,
         &raw,
     )
@@ -277,15 +307,14 @@ pub async fn run_single_task(
     };
     let dir = tempfile::tempdir()?;
     let log_path = dir.path().join("task.log");
-    let masker =
-        sluice_tasks::Masker::new(secrets.values().into_iter().chain(connections.passwords()));
-    let log = TryLog::open_masked(&log_path, masker).context("cannot create the task log")?;
+    let log = TryLog::open_masked(&log_path, creds.masker.clone())
+        .context("cannot create the task log")?;
     let tctx = TaskContext {
         run_id,
         map_index: -1,
         try_number: 1,
         log,
-        conns: connections,
+        conns: creds.connections.clone(),
         ..TaskContext::detached(&dag.dag_id, &task.task_id)
     };
     let fut = kind.run(&tctx, args);
@@ -299,11 +328,20 @@ pub async fn run_single_task(
     print!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
     match result {
         Ok(v) => {
-            println!("Task {} succeeded; XCom value: {}", task.task_id, v);
+            // The value may hold a secret the task echoed: masked like the log.
+            println!(
+                "Task {} succeeded; XCom value: {}",
+                task.task_id,
+                creds.masker.mask(&v.to_string())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("Task {} failed: {e}", task.task_id);
+            eprintln!(
+                "Task {} failed: {}",
+                task.task_id,
+                creds.masker.mask(&e.to_string())
+            );
             Ok(ExitCode::FAILURE)
         }
     }

@@ -38,6 +38,7 @@ async fn secrets_are_usable_but_masked() {
             "api_token".to_string(),
             secret.to_string(),
         )])),
+        vault: None,
         parallelism: 2,
         logs_dir: home.path().join("logs"),
         artifacts_dir: home.path().join("artifacts"),

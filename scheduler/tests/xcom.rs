@@ -15,6 +15,7 @@ fn exec_cfg(home: &Path, inline_max: usize) -> ExecutorConfig {
     ExecutorConfig {
         connections: Default::default(),
         secrets: Default::default(),
+        vault: None,
         parallelism: 4,
         logs_dir: home.join("logs"),
         artifacts_dir: home.join("artifacts"),

@@ -182,6 +182,20 @@ impl Connections {
         Ok(Connections { map: Arc::new(map) })
     }
 
+    /// These connections plus `stored` ones (from the metadata store) whose names are
+    /// not defined here: sluice.toml and the environment win over the store.
+    pub fn with_stored(&self, stored: Vec<Connection>) -> Connections {
+        let mut map = (*self.map).clone();
+        for c in stored {
+            map.entry(c.name.clone()).or_insert(c);
+        }
+        Connections { map: Arc::new(map) }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(&name.to_lowercase())
+    }
+
     pub fn from_list(list: Vec<Connection>) -> Connections {
         Connections {
             map: Arc::new(list.into_iter().map(|c| (c.name.clone(), c)).collect()),
@@ -192,7 +206,7 @@ impl Connections {
     pub fn get(&self, name: &str) -> Result<&Connection, TaskError> {
         self.map.get(&name.to_lowercase()).ok_or_else(|| {
             TaskError::Fatal(format!(
-                "connection `{name}` is not defined: set SLUICE_CONN_{} to its URI, or add it under [connections] in sluice.toml",
+                "connection `{name}` is not defined: set SLUICE_CONN_{} to its URI, add it under [connections] in sluice.toml, or store it with `sluice connections add {name} --conn-uri URI`",
                 name.to_uppercase()
             ))
         })
@@ -224,6 +238,19 @@ impl Secrets {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.map.get(&name.to_lowercase()).map(String::as_str)
+    }
+
+    /// These secrets plus `stored` ones whose names are not defined here.
+    pub fn with_stored(&self, stored: BTreeMap<String, String>) -> Secrets {
+        let mut map = (*self.map).clone();
+        for (k, v) in stored {
+            map.entry(k.to_lowercase()).or_insert(v);
+        }
+        Secrets { map: Arc::new(map) }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
     }
 
     /// Name → value, with names as written in templates: both the lower-case name and

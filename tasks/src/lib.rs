@@ -18,6 +18,7 @@ mod pg_write;
 mod shell;
 pub mod state;
 mod steam;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use log::TryLog;
 pub use noop::Noop;
 pub use shell::Shell;
 pub use state::{EmptyState, MetricsSnapshot, StateBackend, TaskState, TryMetrics};
+pub use vault::Vault;
 
 /// Why a try failed. The variant decides what happens next.
 #[derive(Debug, thiserror::Error)]
