@@ -104,12 +104,7 @@ async fn redis_cursor_advances_only_with_successful_runs() {
     for (backend, db) in TestDb::both().await {
         let dag_id = format!("cursor_{backend}_{}", std::process::id());
         let key = sluice::checkpoints::redis_key(&dag_id);
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .arg(format!("{key}:seq"))
-            .query_async(&mut redis().await)
-            .await
-            .expect("DEL");
+        forget(&key).await;
         let dag = cursor_dag(&dag_id);
         let cfg = config(home.path(), &db.url, Some(&redis_url()));
         let start = 76561197960499900i64;
@@ -158,12 +153,7 @@ async fn redis_cursor_advances_only_with_successful_runs() {
         assert_eq!(window["from"], 500, "{backend}");
         assert_eq!(hget(&key, "last_id").await.as_deref(), Some("510"));
         assert_eq!(hget(&key, "pages").await.as_deref(), Some("3"));
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .arg(format!("{key}:seq"))
-            .query_async(&mut redis().await)
-            .await
-            .expect("DEL");
+        forget(&key).await;
         db.cleanup().await;
     }
 }
@@ -175,12 +165,7 @@ async fn queued_checkpoints_reach_redis_and_never_go_back() {
     let db = TestDb::sqlite().await;
     let dag_id = format!("cursor_outbox_{}", std::process::id());
     let key = sluice::checkpoints::redis_key(&dag_id);
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .arg(format!("{key}:seq"))
-        .query_async(&mut redis().await)
-        .await
-        .expect("DEL");
+    forget(&key).await;
     let dag = cursor_dag(&dag_id);
     let sql = sqlx::SqlitePool::connect(&db.url).await.expect("sqlite");
     let queue = |id: i64, name: &'static str, value: &'static str| {
@@ -239,12 +224,7 @@ async fn queued_checkpoints_reach_redis_and_never_go_back() {
         err.contains("Redis redis://127.0.0.1:1") && err.contains("after 3 attempts"),
         "{err}"
     );
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .arg(format!("{key}:seq"))
-        .query_async(&mut redis().await)
-        .await
-        .expect("DEL");
+    forget(&key).await;
     sql.close().await;
     db.cleanup().await;
 }
@@ -285,6 +265,16 @@ async fn store_cursor_without_redis_and_dags_show() {
     let v = out.json();
     assert_eq!(v["checkpoints"]["last_id"], 76561197960499920i64, "{v}");
     assert_eq!(v["checkpoints"]["pages"], 2, "{v}");
+}
+
+/// Removes a DAG's checkpoint hashes from Redis.
+async fn forget(key: &str) {
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .arg(format!("{key}:seq"))
+        .query_async(&mut redis().await)
+        .await
+        .expect("DEL");
 }
 
 /// A DAG whose `fetch` reads the window after `last_id`, reports the highest id it

@@ -31,7 +31,7 @@ pub use conn::{Connection, Connections, Masker, Secrets};
 pub use log::TryLog;
 pub use noop::Noop;
 pub use shell::Shell;
-pub use state::{EmptyState, MetricsSnapshot, StateBackend, TaskState, TryMetrics};
+pub use state::{EmptyState, MemoryState, MetricsSnapshot, StateBackend, TaskState, TryMetrics};
 pub use vault::Vault;
 
 /// Why a try failed. The variant decides what happens next.

@@ -29,6 +29,41 @@ impl StateBackend for EmptyState {
     }
 }
 
+/// Committed state held in memory: for `tasks test`-like tools and tests, where
+/// [`MemoryState::commit`] plays the part of a run succeeding.
+#[derive(Default)]
+pub struct MemoryState {
+    map: Mutex<HashMap<(String, String), String>>,
+}
+
+impl MemoryState {
+    /// Commits proposals of `namespace`, as a successful run would.
+    pub fn commit(&self, namespace: &str, proposals: Vec<(String, String)>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in proposals {
+            map.insert((namespace.to_string(), k), v);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateBackend for MemoryState {
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, String> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(keys
+            .iter()
+            .filter_map(|k| {
+                map.get(&(namespace.to_string(), k.clone()))
+                    .map(|v| (k.clone(), v.clone()))
+            })
+            .collect())
+    }
+}
+
 /// A task's view of its state: reads see what earlier successful runs committed;
 /// writes are proposals, committed with the run's success — so a failed run leaves the
 /// state as it was and the next run sees the same inputs again.

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Map, Value};
-use sluice_tasks::{Registry, StateBackend, TaskContext, TaskError, TaskState, TryLog};
+use sluice_tasks::{MemoryState, Registry, TaskContext, TaskError, TaskState, TryLog};
 use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------
@@ -721,30 +721,10 @@ async fn euc_kr_pages_are_decoded_from_the_header_or_the_meta_tag() {
     assert_ne!(out[1]["title"], "코스피 2,700선 회복");
 }
 
-/// Committed state in memory; `commit` plays the executor's part when a run succeeds.
-#[derive(Default)]
-struct MemState {
-    map: Mutex<HashMap<(String, String), String>>,
-}
-
-#[async_trait::async_trait]
-impl StateBackend for MemState {
-    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<HashMap<String, String>, String> {
-        let map = self.map.lock().expect("lock");
-        Ok(keys
-            .iter()
-            .filter_map(|k| {
-                map.get(&(ns.to_string(), k.clone()))
-                    .map(|v| (k.clone(), v.clone()))
-            })
-            .collect())
-    }
-}
-
 /// Runs the crawl as one DAG run; commits its proposals if `succeeds`. Returns the
 /// records and the proposals.
 async fn dag_run(
-    state: &Arc<MemState>,
+    state: &Arc<MemoryState>,
     a: Value,
     succeeds: bool,
 ) -> (Value, Vec<(String, String)>) {
@@ -755,10 +735,7 @@ async fn dag_run(
     let out = run(&ctx, a).await.expect("crawl");
     let proposals = ctx.state.take_proposals();
     if succeeds {
-        let mut map = state.map.lock().expect("lock");
-        for (k, v) in proposals.clone() {
-            map.insert(("news.crawl".into(), k), v);
-        }
+        state.commit("news.crawl", proposals.clone());
     }
     (out, proposals)
 }
@@ -766,7 +743,7 @@ async fn dag_run(
 #[tokio::test]
 async fn committed_articles_are_not_fetched_again_and_only_new_ones_are_emitted() {
     let site = serve(paper()).await;
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let a = news_args(&site);
 
     let (first, proposals) = dag_run(&state, a.clone(), true).await;
@@ -812,7 +789,7 @@ async fn committed_articles_are_not_fetched_again_and_only_new_ones_are_emitted(
 #[tokio::test]
 async fn a_failed_run_leaves_its_articles_to_the_next_run() {
     let site = serve(paper()).await;
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let a = news_args(&site);
     let expected = article_urls(&site, &[4, 3, 2, 6, 5, 1]);
 
@@ -829,7 +806,7 @@ async fn a_failed_run_leaves_its_articles_to_the_next_run() {
 #[tokio::test]
 async fn max_articles_caps_a_run_and_the_rest_come_next_time() {
     let site = serve(paper()).await;
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut a = news_args(&site);
     a["max_articles"] = json!(2);
     let (first, _) = dag_run(&state, a.clone(), true).await;

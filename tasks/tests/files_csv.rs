@@ -2,14 +2,13 @@
 //! behaviour with an in-memory state backend that commits proposals when a test says
 //! the run succeeded.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
-use sluice_tasks::{Registry, StateBackend, TaskContext, TaskError, TaskState, TryLog};
+use sluice_tasks::{MemoryState, Registry, TaskContext, TaskError, TaskState, TryLog};
 
 fn args(v: Value) -> Map<String, Value> {
     v.as_object().expect("object").clone()
@@ -269,28 +268,8 @@ async fn csv_reads_euc_kr() {
 // files
 // ---------------------------------------------------------------------------------
 
-/// Committed state in memory; `commit` plays the executor's part when a run succeeds.
-#[derive(Default)]
-struct MemState {
-    map: Mutex<HashMap<(String, String), String>>,
-}
-
-#[async_trait::async_trait]
-impl StateBackend for MemState {
-    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<HashMap<String, String>, String> {
-        let map = self.map.lock().expect("lock");
-        Ok(keys
-            .iter()
-            .filter_map(|k| {
-                map.get(&(ns.to_string(), k.clone()))
-                    .map(|v| (k.clone(), v.clone()))
-            })
-            .collect())
-    }
-}
-
 /// Runs `files` as one DAG run; commits its proposals if `succeeds`.
-async fn files_run(state: &Arc<MemState>, a: Value, succeeds: bool) -> Vec<Value> {
+async fn files_run(state: &Arc<MemoryState>, a: Value, succeeds: bool) -> Vec<Value> {
     let ctx = TaskContext {
         state: Arc::new(TaskState::new(state.clone(), "files_dag.pick".into())),
         ..TaskContext::detached("files_dag", "pick")
@@ -298,10 +277,7 @@ async fn files_run(state: &Arc<MemState>, a: Value, succeeds: bool) -> Vec<Value
     let out = run_kind("files", &ctx, a).await.expect("files runs");
     let proposals = ctx.state.take_proposals();
     if succeeds {
-        let mut map = state.map.lock().expect("lock");
-        for (k, v) in proposals {
-            map.insert(("files_dag.pick".into(), k), v);
-        }
+        state.commit("files_dag.pick", proposals);
     }
     out.as_array().expect("records").clone()
 }
@@ -330,7 +306,7 @@ async fn new_files_are_emitted_once_across_runs_and_again_after_a_failed_run() {
     std::fs::write(d.join("a.txt"), "subject A\nbody A").expect("w");
     std::fs::write(d.join("b.txt"), "subject B\nbody B").expect("w");
     std::fs::write(d.join("ignored.csv"), "x").expect("w");
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let a = json!({"dir": d});
 
     let first = files_run(&state, a.clone(), false).await;
@@ -371,7 +347,7 @@ async fn files_too_recent_for_min_age_wait_for_a_later_run() {
     std::fs::write(d.join("old.txt"), "done writing").expect("w");
     age(&d.join("old.txt"), Duration::from_secs(120));
     std::fs::write(d.join("writing.txt"), "still being wr").expect("w");
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let recs = files_run(&state, json!({"dir": d, "min_age": "1m"}), true).await;
     assert_eq!(names(&recs), vec!["old.txt"]);
     age(&d.join("writing.txt"), Duration::from_secs(90));
@@ -385,7 +361,7 @@ async fn long_content_is_truncated_and_flagged() {
     let d = dir.path();
     std::fs::write(d.join("long.txt"), "가나다라마바사").expect("w"); // 3 bytes per character
     std::fs::write(d.join("short.txt"), "가나").expect("w");
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let ctx_recs = files_run(&state, json!({"dir": d, "max_bytes": 7}), true).await;
     let long = ctx_recs
         .iter()
@@ -420,7 +396,7 @@ async fn committed_files_are_archived_by_the_next_run() {
     std::fs::create_dir_all(inbox.join("sub")).expect("mkdir");
     std::fs::write(inbox.join("a.txt"), "a").expect("w");
     std::fs::write(inbox.join("sub/b.txt"), "b").expect("w");
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let a = json!({"dir": inbox, "recursive": true, "archive_dir": archive});
 
     // A failed run archives nothing: the files must still be there for the retry.

@@ -2,7 +2,7 @@
 //! scripts/kafka.sh): `eval "$(scripts/kafka.sh)"` sets SLUICE_TEST_KAFKA.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 use sluice_tasks::{
-    Connection, Connections, Registry, StateBackend, TaskContext, TaskError, TaskState,
+    Connection, Connections, MemoryState, Registry, TaskContext, TaskError, TaskState,
 };
 
 fn broker() -> String {
@@ -33,32 +33,7 @@ fn unique(name: &str) -> String {
     format!("sluice-{name}-{}-{nanos}", std::process::id())
 }
 
-/// Committed task state in memory; `apply` plays the executor committing a successful
-/// run's proposals.
-#[derive(Default)]
-struct MemState(Mutex<HashMap<String, String>>);
-
-#[async_trait::async_trait]
-impl StateBackend for MemState {
-    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<HashMap<String, String>, String> {
-        let m = self.0.lock().expect("lock");
-        Ok(keys
-            .iter()
-            .filter_map(|k| m.get(&format!("{ns}|{k}")).map(|v| (k.clone(), v.clone())))
-            .collect())
-    }
-}
-
-impl MemState {
-    fn apply(&self, ns: &str, proposals: Vec<(String, String)>) {
-        let mut m = self.0.lock().expect("lock");
-        for (k, v) in proposals {
-            m.insert(format!("{ns}|{k}"), v);
-        }
-    }
-}
-
-fn ctx_for(uri: &str, state: Arc<MemState>) -> TaskContext {
+fn ctx_for(uri: &str, state: Arc<MemoryState>) -> TaskContext {
     TaskContext {
         conns: Connections::from_list(vec![Connection::parse("kafka_default", uri).expect("uri")]),
         state: Arc::new(TaskState::new(state, "d.consume".into())),
@@ -67,7 +42,7 @@ fn ctx_for(uri: &str, state: Arc<MemState>) -> TaskContext {
 }
 
 fn ctx(addr: &str) -> TaskContext {
-    ctx_for(&format!("kafka://{addr}"), Arc::new(MemState::default()))
+    ctx_for(&format!("kafka://{addr}"), Arc::new(MemoryState::default()))
 }
 
 fn args(v: Value) -> Map<String, Value> {
@@ -329,7 +304,7 @@ async fn consume_commits_offsets_only_with_a_successful_run() {
     )
     .await
     .expect("produce");
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let consume = json!({"topics": [topic], "group_id": group, "until_end": true,
                          "max_wait": "60s"});
 
@@ -377,7 +352,7 @@ async fn consume_commits_offsets_only_with_a_successful_run() {
         .expect("consume 2");
     assert_eq!(offsets(&second), offsets(&first));
     // This run succeeds: the executor commits its proposals.
-    state.apply("d.consume", c2.state.take_proposals());
+    state.commit("d.consume", c2.state.take_proposals());
 
     run(
         "kafka_produce",
