@@ -69,6 +69,9 @@ pub enum Command {
     Pools(PoolsCommand),
     /// Measure the scheduler's throughput and task-to-task latency with noop DAGs.
     Bench(crate::bench::BenchArgs),
+    /// Local fixture servers (Steam API, news sites, post stream) and sample data files.
+    #[command(subcommand)]
+    Fixtures(crate::cli_fixtures::FixturesCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -413,6 +416,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => crate::bench::run(&cfg, args).await,
+        Command::Fixtures(cmd) => crate::cli_fixtures::run(cmd).await,
     }
 }
 

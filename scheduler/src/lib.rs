@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checkpoints;
 pub mod cli;
 mod cli_credentials;
+mod cli_fixtures;
 pub mod config;
 pub mod context;
 pub mod credentials;
