@@ -14,5 +14,5 @@ pub use loader::{
     load_file, load_folder, parse_dag, Diagnostic, FolderLoad, KindKeys, KindRegistry,
 };
 pub use model::{Dag, RetryBackoff, RetryPolicy, Schedule, TaskDef, TriggerRule};
-pub use template::{RenderError, TemplateSyntaxError, Templates, CONTEXT_NAMES};
+pub use template::{RecordTemplate, RenderError, TemplateSyntaxError, Templates, CONTEXT_NAMES};
 pub use timetable::DataInterval;

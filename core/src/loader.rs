@@ -17,7 +17,7 @@ use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
 use crate::model::{Dag, RetryBackoff, RetryPolicy, Schedule, TaskDef, TriggerRule, DEFAULT_POOL};
-use crate::template::{Templates, CHECKPOINT_RESULT, CONTEXT_NAMES, MAPPED_ITEM};
+use crate::template::{Templates, CHECKPOINT_RESULT, CONTEXT_NAMES, MAPPED_ITEM, RECORD};
 use crate::timetable::{cron_fires_within_10y, parse_cron, preset};
 use crate::util::{fnv1a64_hex, suggestion, LineIndex};
 
@@ -31,6 +31,11 @@ pub struct KindKeys {
 pub trait KindRegistry {
     fn kind_keys(&self, kind: &str) -> Option<KindKeys>;
     fn kind_names(&self) -> Vec<&'static str>;
+    /// Keys of `kind` the kind renders once per record, with `record` in their
+    /// templates (an Elasticsearch document id, a Kafka key).
+    fn record_template_keys(&self, _kind: &str) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// One problem in a DAG file. `line` and `col` are 1-based, `col` counted in chars.
@@ -535,6 +540,8 @@ enum SiteScope {
     MapOver,
     /// `checkpoint_update`, rendered after the try with `result`.
     CheckpointUpdate,
+    /// A key the kind renders per record (`record`).
+    Record,
 }
 
 impl TemplateSite {
@@ -1121,6 +1128,11 @@ pub fn parse_dag(
                     }
                 },
             };
+            let record_keys = common
+                .kind
+                .as_ref()
+                .map(|(k, _)| registry.record_template_keys(k))
+                .unwrap_or(&[]);
             let mut args = serde_json::Map::new();
             let mut sites = Vec::new();
             for (k, v) in extra {
@@ -1145,14 +1157,26 @@ pub fn parse_dag(
                 }
                 // With an unknown kind, keep the keys: the kind error is the one to fix.
                 let value = ctx.json(v);
+                let first = sites.len();
                 collect_strings(src, v, false, &mut sites);
+                if record_keys.contains(&key) {
+                    for site in &mut sites[first..] {
+                        site.scope = SiteScope::Record;
+                    }
+                }
                 args.insert(key.to_string(), value);
             }
             if let Some(kk) = &kind_keys {
                 for d in &default_args {
                     if kk.allowed.contains(&d.key.as_str()) && !args.contains_key(&d.key) {
                         args.insert(d.key.clone(), d.value.clone());
-                        sites.extend(d.templates.iter().cloned());
+                        let per_record = record_keys.contains(&d.key.as_str());
+                        sites.extend(d.templates.iter().cloned().map(|mut site| {
+                            if per_record {
+                                site.scope = SiteScope::Record;
+                            }
+                            site
+                        }));
                     }
                 }
                 for req in kk.required {
@@ -1290,6 +1314,7 @@ pub fn parse_dag(
                 let scoped = match top_name {
                     MAPPED_ITEM => t.map_over.is_some() && site.scope != SiteScope::MapOver,
                     CHECKPOINT_RESULT => site.scope == SiteScope::CheckpointUpdate,
+                    RECORD => site.scope == SiteScope::Record,
                     _ => false,
                 };
                 if scoped {
@@ -1305,6 +1330,7 @@ pub fn parse_dag(
                             CHECKPOINT_RESULT => {
                                 " (`result` exists only in `checkpoint_update` templates)".to_string()
                             }
+                            RECORD => " (`record` exists only in keys rendered once per record, such as `id` of es_index or `key` of kafka_produce)".to_string(),
                             _ => suggestion(top_name, CONTEXT_NAMES.iter().copied()),
                         };
                         ctx.err_at(

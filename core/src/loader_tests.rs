@@ -12,6 +12,10 @@ impl KindRegistry for TestKinds {
                 allowed: &["command", "env", "cwd"],
                 required: &["command"],
             }),
+            "sink" => Some(KindKeys {
+                allowed: &["records", "id", "index"],
+                required: &["records"],
+            }),
             "noop" => Some(KindKeys {
                 allowed: &[],
                 required: &[],
@@ -20,7 +24,14 @@ impl KindRegistry for TestKinds {
         }
     }
     fn kind_names(&self) -> Vec<&'static str> {
-        vec!["shell", "noop"]
+        vec!["shell", "noop", "sink"]
+    }
+    fn record_template_keys(&self, kind: &str) -> &'static [&'static str] {
+        if kind == "sink" {
+            &["id"]
+        } else {
+            &[]
+        }
     }
 }
 
@@ -497,11 +508,11 @@ kind = "docker"
     );
     assert_has(
         &e,
-        "12:8: task `c` has no `kind` (known kinds: shell, noop)",
+        "12:8: task `c` has no `kind` (known kinds: shell, noop, sink)",
     );
     assert_has(
         &e,
-        "16:8: unknown task kind `docker` (known kinds: shell, noop)",
+        "16:8: unknown task kind `docker` (known kinds: shell, noop, sink)",
     );
     assert_eq!(e.len(), 4, "{e:?}");
 }
@@ -1066,5 +1077,34 @@ command = "echo"
     assert_has(
         &e,
         "25:16: task other reads xcom.plain but plain is not upstream of it",
+    );
+}
+
+#[test]
+fn record_is_allowed_only_in_per_record_keys() {
+    ok(r#"
+[dag]
+id = "per_record"
+
+[tasks.load]
+kind = "sink"
+records = [{ a = 1 }]
+id = "{{ record.a }}-{{ ds_nodash }}"
+"#);
+    let e = errs(
+        r#"
+[dag]
+id = "per_record"
+
+[tasks.load]
+kind = "sink"
+records = [{ a = 1 }]
+index = "i-{{ record.a }}"
+"#,
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("8:15: unknown template variable `record` (`record` exists only in keys rendered once per record")),
+        "{e:?}"
     );
 }

@@ -29,6 +29,9 @@ pub const CONTEXT_NAMES: &[&str] = &[
 /// Names only some templates may read: `item` in a mapped task, `result` (the try's
 /// XCom value) in `checkpoint_update`.
 pub const MAPPED_ITEM: &str = "item";
+/// In keys a kind renders once per record (an Elasticsearch document id, a Kafka key):
+/// the record.
+pub const RECORD: &str = "record";
 pub const CHECKPOINT_RESULT: &str = "result";
 
 /// A template that does not parse.
@@ -65,16 +68,111 @@ impl Default for Templates {
     }
 }
 
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // Strict: a typo'd variable must fail the task, not render as "".
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Debug info gives error spans, used to name the undefined expression.
+    env.set_debug(true);
+    env.add_filter("fromjson", fromjson);
+    env.add_filter("ds_add", ds_add);
+    env
+}
+
+/// One environment for per-record templates, so compiled ones can be `'static`.
+fn record_env() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(environment)
+}
+
+/// A template a kind renders once per record (`id = "{{ record.appid }}-{{ ds }}"`):
+/// compiled once, evaluated with the try's context plus `record`. Follows the
+/// single-expression rule of [`Templates::render_value`].
+pub enum RecordTemplate {
+    /// `{{ expr }}` alone: its native value.
+    Expression(minijinja::Expression<'static, 'static>),
+    /// Text and `{{ … }}` parts, joined as one string expression (`"a-" ~ (x)`).
+    Joined(minijinja::Expression<'static, 'static>),
+    /// Anything else (`{% … %}` blocks): rendered from source each time.
+    Source(String),
+    Literal(String),
+}
+
+/// `text {{ a }} more {{ b }}` as the expression `"text " ~ (a) ~ " more " ~ (b)`, when
+/// the template has nothing but text and plain `{{ … }}` parts.
+fn joined_expression(src: &str) -> Option<String> {
+    if src.contains("{%") || src.contains("{#") || src.contains("{{-") || src.contains("-}}") {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = src;
+    while let Some(open) = rest.find("{{") {
+        let close = rest[open..].find("}}")? + open;
+        if open > 0 {
+            parts.push(format!("{:?}", &rest[..open]));
+        }
+        parts.push(format!("({})", rest[open + 2..close].trim()));
+        rest = &rest[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(format!("{rest:?}"));
+    }
+    Some(parts.join(" ~ "))
+}
+
+impl RecordTemplate {
+    pub fn compile(src: &str) -> Result<RecordTemplate, String> {
+        let env = record_env();
+        if let Some(expr) = single_expression(src) {
+            return env
+                .compile_expression_owned(expr.to_string())
+                .map(RecordTemplate::Expression)
+                .map_err(|e| describe(&e, expr));
+        }
+        if is_templated(src) {
+            if let Some(joined) = joined_expression(src) {
+                if let Ok(e) = env.compile_expression_owned(joined) {
+                    return Ok(RecordTemplate::Joined(e));
+                }
+            }
+            env.template_from_str(src).map_err(|e| describe(&e, src))?;
+            return Ok(RecordTemplate::Source(src.to_string()));
+        }
+        Ok(RecordTemplate::Literal(src.to_string()))
+    }
+
+    /// Renders for one record; `base` is the try's template context (a map, or
+    /// undefined outside a run).
+    pub fn render(
+        &self,
+        base: &Value,
+        record: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let ctx = minijinja::context! { record => Value::from_serialize(record), ..base.clone() };
+        match self {
+            RecordTemplate::Literal(s) => Ok(serde_json::Value::String(s.clone())),
+            RecordTemplate::Expression(e) => {
+                let v = e.eval(ctx).map_err(|e| describe(&e, ""))?;
+                if v.is_undefined() {
+                    return Err("the expression is undefined".into());
+                }
+                serde_json::to_value(&v).map_err(|e| e.to_string())
+            }
+            RecordTemplate::Joined(e) => {
+                let v = e.eval(ctx).map_err(|e| describe(&e, ""))?;
+                Ok(serde_json::Value::String(v.to_string()))
+            }
+            RecordTemplate::Source(src) => record_env()
+                .render_str(src, ctx)
+                .map(serde_json::Value::String)
+                .map_err(|e| describe(&e, src)),
+        }
+    }
+}
+
 impl Templates {
     pub fn new() -> Self {
-        let mut env = Environment::new();
-        // Strict: a typo'd variable must fail the task, not render as "".
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        // Debug info gives error spans, used to name the undefined expression.
-        env.set_debug(true);
-        env.add_filter("fromjson", fromjson);
-        env.add_filter("ds_add", ds_add);
-        Templates { env }
+        Templates { env: environment() }
     }
 
     /// The underlying environment, for callers that need more than rendering.
@@ -288,6 +386,38 @@ fn ds_add(ds: String, days: i64) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_templates_see_the_record_and_the_context() {
+        let base = Value::from_serialize(serde_json::json!({"ds_nodash": "20261122"}));
+        let rec = serde_json::json!({"appid": 730, "game": "Counter-Strike 2", "n": 5});
+        let render = |src: &str| {
+            RecordTemplate::compile(src)
+                .unwrap()
+                .render(&base, &rec)
+                .unwrap()
+        };
+        assert_eq!(render("{{ record.appid }}"), serde_json::json!(730));
+        assert_eq!(
+            render("{{ record.appid }}-{{ ds_nodash }}"),
+            serde_json::json!("730-20261122")
+        );
+        assert_eq!(
+            render("id \"{{ record.game | lower }}\""),
+            serde_json::json!("id \"counter-strike 2\"")
+        );
+        assert_eq!(
+            render("{% if record.n > 3 %}big{% else %}small{% endif %}"),
+            serde_json::json!("big")
+        );
+        assert_eq!(render("constant"), serde_json::json!("constant"));
+        let err = RecordTemplate::compile("{{ record.nope }}")
+            .unwrap()
+            .render(&base, &rec)
+            .unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+        assert!(RecordTemplate::compile("{{ record. }}").is_err());
+    }
     use serde_json::json;
 
     fn ctx() -> Value {

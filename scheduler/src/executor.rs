@@ -603,15 +603,30 @@ impl Executor {
             };
         }
         let raw = Value::Object(task.args.clone());
-        let args = if context::has_templates(&raw) {
-            match self.render(&creds.secrets, &info, &raw).await {
-                Ok(Value::Object(m)) => m,
-                Ok(_) => return fatal("rendered arguments are not a table".into()),
+        // Keys the kind renders per record stay templates; they see this context too.
+        let per_record: Vec<(String, Value)> = kind
+            .record_template_keys()
+            .iter()
+            .filter_map(|k| task.args.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        let (mut args, template_context) = if context::has_templates(&raw) {
+            let ctx = match self.context(&creds.secrets, &info, &raw).await {
+                Ok(ctx) => ctx,
                 Err(e) => return e,
+            };
+            let mut now = task.args.clone();
+            for (k, _) in &per_record {
+                now.remove(k);
+            }
+            match self.templates.render_value(&Value::Object(now), &ctx) {
+                Ok(Value::Object(m)) => (m, ctx),
+                Ok(_) => return fatal("rendered arguments are not a table".into()),
+                Err(e) => return fatal(format!("template error in `{e}`")),
             }
         } else {
-            task.args.clone()
+            (task.args.clone(), minijinja::Value::from(()))
         };
+        args.extend(per_record);
         let tctx = TaskContext {
             dag_id: c.dag_id.clone(),
             run_id: c.run_id.clone(),
@@ -623,6 +638,7 @@ impl Executor {
             conns: creds.connections.clone(),
             state,
             metrics,
+            template_context,
         };
         let fut = kind.run(&tctx, args);
         tokio::pin!(fut);
@@ -726,7 +742,23 @@ impl Executor {
         info: &RunInfo<'_>,
         value: &Value,
     ) -> Result<Value, Outcome> {
-        let ctx = context::build(
+        let ctx = self.context(secrets, info, value).await?;
+        self.templates
+            .render_value(value, &ctx)
+            .map_err(|e| Outcome::Failed {
+                error: format!("template error in `{e}`"),
+                retryable: false,
+            })
+    }
+
+    /// The template context for rendering `value`; a failure is the try's outcome.
+    async fn context(
+        &self,
+        secrets: &Secrets,
+        info: &RunInfo<'_>,
+        value: &Value,
+    ) -> Result<minijinja::Value, Outcome> {
+        context::build(
             &self.store,
             &self.templates,
             &self.cfg.artifacts_dir,
@@ -740,13 +772,7 @@ impl Executor {
             // Missing XComs and variables will not appear by retrying, but an
             // unreachable Redis or store may come back.
             retryable: e.contains("Redis") || e.contains("cannot read"),
-        })?;
-        self.templates
-            .render_value(value, &ctx)
-            .map_err(|e| Outcome::Failed {
-                error: format!("template error in `{e}`"),
-                retryable: false,
-            })
+        })
     }
 
     /// Small values stay inline; large ones are written to the artifact store and the

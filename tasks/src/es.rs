@@ -51,6 +51,7 @@ impl TaskKind for EsIndex {
                 "index",
                 "records",
                 "id_field",
+                "id",
                 "op_type",
                 "batch_size",
                 "batch_bytes",
@@ -61,6 +62,10 @@ impl TaskKind for EsIndex {
             ],
             required: &["index", "records"],
         }
+    }
+
+    fn record_template_keys(&self) -> &'static [&'static str] {
+        &["id"]
     }
 
     async fn run(&self, ctx: &TaskContext, args: Map<String, Value>) -> Result<Value, TaskError> {
@@ -104,6 +109,8 @@ impl OpType {
 struct Options {
     index: String,
     id_field: Option<String>,
+    /// `id`: a template rendered per document with `record`.
+    id_template: Option<String>,
     op_type: OpType,
     batch_size: usize,
     batch_bytes: usize,
@@ -182,6 +189,14 @@ impl Options {
             id_field: opt_str(args, "id_field")?
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
+            id_template: match (opt_str(args, "id")?, opt_str(args, "id_field")?) {
+                (Some(_), Some(_)) => {
+                    return Err(TaskError::Fatal(
+                        "set either `id` (a template over `record`) or `id_field`, not both".into(),
+                    ))
+                }
+                (id, _) => id.map(str::to_string),
+            },
             op_type,
             batch_size: positive(args, "batch_size", DEFAULT_BATCH_SIZE)?,
             batch_bytes: positive(args, "batch_bytes", DEFAULT_BATCH_BYTES)?,
@@ -500,12 +515,33 @@ fn document_ids(
     records: &[Value],
 ) -> Result<Vec<String>, TaskError> {
     let mut ids = Vec::with_capacity(records.len());
+    let template = match &opts.id_template {
+        Some(src) => Some(
+            sluice_core::RecordTemplate::compile(src)
+                .map_err(|e| TaskError::Fatal(format!("`id`: {e}")))?,
+        ),
+        None => None,
+    };
     for (i, r) in records.iter().enumerate() {
         if !r.is_object() {
             return Err(TaskError::Fatal(format!(
                 "record {i} is not an object (documents must be JSON objects): {}",
                 short(r)
             )));
+        }
+        if let Some(t) = &template {
+            let id = match ctx.render_for_record(t, "id", i, r)? {
+                Value::String(s) if !s.trim().is_empty() => s,
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(TaskError::Fatal(format!(
+                        "record {i}: `id` rendered {}, not a non-empty string or number",
+                        short(&other)
+                    )))
+                }
+            };
+            ids.push(id);
+            continue;
         }
         let id = match &opts.id_field {
             Some(f) => match lookup(r, f) {

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sluice_core::{KindKeys, KindRegistry};
+use sluice_core::{KindKeys, KindRegistry, RecordTemplate};
 use tokio_util::sync::CancellationToken;
 
 pub use conn::{Connection, Connections, Masker, Secrets};
@@ -65,6 +65,9 @@ pub struct TaskContext {
     pub state: Arc<TaskState>,
     /// Records and bytes read and written: kinds count what they move.
     pub metrics: TryMetrics,
+    /// The try's template context, for keys the kind renders once per record
+    /// ([`TaskKind::record_template_keys`]) with `record` added.
+    pub template_context: minijinja::Value,
 }
 
 impl TaskContext {
@@ -85,7 +88,35 @@ impl TaskContext {
                 format!("{dag_id}.{task_id}"),
             )),
             metrics: TryMetrics::default(),
+            template_context: minijinja::Value::from(()),
         }
+    }
+
+    /// Compiles the per-record template under `key`, if the task set one.
+    pub fn record_template(
+        &self,
+        args: &Map<String, Value>,
+        key: &str,
+    ) -> Result<Option<RecordTemplate>, TaskError> {
+        match opt_str(args, key)? {
+            None => Ok(None),
+            Some(src) => RecordTemplate::compile(src)
+                .map(Some)
+                .map_err(|e| TaskError::Fatal(format!("`{key}`: {e}"))),
+        }
+    }
+
+    /// Renders a per-record template for record `i`; errors name the key and record.
+    pub fn render_for_record(
+        &self,
+        template: &RecordTemplate,
+        key: &str,
+        i: usize,
+        record: &Value,
+    ) -> Result<Value, TaskError> {
+        template
+            .render(&self.template_context, record)
+            .map_err(|e| TaskError::Fatal(format!("record {i}: `{key}`: {e}")))
     }
 }
 
@@ -95,6 +126,11 @@ pub trait TaskKind: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The kind's own keys, for validating DAG files before anything runs.
     fn keys(&self) -> KindKeys;
+    /// Keys rendered once per record by the kind itself, with `record` in their
+    /// templates; the executor passes them through unrendered.
+    fn record_template_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     async fn run(&self, ctx: &TaskContext, args: Map<String, Value>) -> Result<Value, TaskError>;
 }
 
@@ -144,6 +180,13 @@ impl KindRegistry for Registry {
 
     fn kind_names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
+    }
+
+    fn record_template_keys(&self, kind: &str) -> &'static [&'static str] {
+        self.kinds
+            .get(kind)
+            .map(|k| k.record_template_keys())
+            .unwrap_or(&[])
     }
 }
 

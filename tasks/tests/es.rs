@@ -396,3 +396,47 @@ async fn unreachable_server_is_retried_then_named_without_password() {
     );
     let _ = Map::<String, Value>::new();
 }
+
+#[tokio::test]
+async fn an_id_template_renders_per_record_with_the_run_context() {
+    for (name, base) in servers().await {
+        let mut ctx = ctx_for(&base);
+        ctx.template_context = minijinja::Value::from_serialize(json!({"ds_nodash": "20261122"}));
+        let index = unique_index("idtpl");
+        let args = json!({
+            "index": index, "records": docs(20), "refresh": true,
+            "id": "{{ record.tweet.id }}-{{ ds_nodash }}",
+        });
+        run(&ctx, args.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let second = run(&ctx, args)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(second["updated"], 20, "{name}: {second}");
+        assert_eq!(
+            count(&base, &index).await,
+            20,
+            "{name}: re-run must not duplicate"
+        );
+        let doc = http(
+            reqwest::Method::GET,
+            format!("{base}/{index}/_doc/t-7-20261122"),
+            None,
+        )
+        .await;
+        assert_eq!(doc["_source"]["text"], "hello number 7", "{name}: {doc}");
+
+        // A record the template cannot render fails before anything is sent, naming it.
+        let mut bad = docs(3);
+        bad[2] = json!({"text": "no tweet"});
+        let err = run(
+            &ctx,
+            json!({"index": index, "records": bad, "id": "{{ record.tweet.id }}"}),
+        )
+        .await
+        .expect_err("undefined id");
+        assert!(err.to_string().contains("record 2: `id`"), "{name}: {err}");
+        delete(&base, &index).await;
+    }
+}

@@ -448,3 +448,42 @@ async fn consume_stops_at_max_records_and_reads_text() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_and_value_templates_render_per_record() {
+    let addr = broker();
+    let topic = unique("tpl");
+    let mut c = ctx(&addr);
+    c.template_context = minijinja::Value::from_serialize(json!({"ds": "2026-11-22"}));
+    let records: Vec<Value> = (0..20)
+        .map(|i| json!({"appid": 700 + i % 4, "players": i * 10}))
+        .collect();
+    run(
+        "kafka_produce",
+        &c,
+        json!({
+            "topic": topic,
+            "records": records,
+            "key": "app-{{ record.appid }}",
+            "value": "{{ {'appid': record.appid, 'players': record.players, 'day': ds} }}",
+            "create_topic": {"partitions": 2},
+        }),
+    )
+    .await
+    .expect("produces");
+    let got = read_back(&addr, &topic, 2, 20);
+    assert_eq!(got.len(), 20);
+    for (_, key, value) in &got {
+        assert_eq!(key, &format!("app-{}", value["appid"]), "{value}");
+        assert_eq!(value["day"], "2026-11-22");
+    }
+    // A record the key template cannot render fails naming it, and sends nothing.
+    let err = run(
+        "kafka_produce",
+        &c,
+        json!({"topic": topic, "records": [{"appid": 1}, {"x": 2}], "key": "{{ record.appid }}"}),
+    )
+    .await
+    .expect_err("record 1 has no appid");
+    assert!(err.to_string().contains("record 1: `key`"), "{err}");
+}

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Map, Value};
-use sluice_core::KindKeys;
+use sluice_core::{KindKeys, RecordTemplate};
 
 use super::{field, opt_u64, retry_blocking, topic_infos, value_bytes, Client, LogContext};
 use crate::{opt_str, short, TaskContext, TaskError, TaskKind};
@@ -27,14 +27,24 @@ const CREATE_WAIT: Duration = Duration::from_secs(30);
 pub struct KafkaProduce;
 
 /// Where a record's key and value come from.
-struct Layout {
+struct Layout<'a> {
     key_field: Option<String>,
     value_field: Option<String>,
+    /// `key` / `value`: templates rendered per record with `record`.
+    key_template: Option<RecordTemplate>,
+    value_template: Option<RecordTemplate>,
+    ctx: &'a TaskContext,
 }
 
-impl Layout {
+impl Layout<'_> {
     /// The key bytes of record `i`, or a fatal error naming it.
     fn key(&self, i: usize, record: &Value) -> Result<Option<Vec<u8>>, TaskError> {
+        if let Some(t) = &self.key_template {
+            return match self.ctx.render_for_record(t, "key", i, record)? {
+                Value::Null => Err(TaskError::Fatal(format!("record {i}: `key` rendered null"))),
+                v => Ok(Some(value_bytes(&v))),
+            };
+        }
         let Some(path) = &self.key_field else {
             return Ok(None);
         };
@@ -52,6 +62,12 @@ impl Layout {
 
     /// The payload of record `i`; `None` is a tombstone (value_field pointing at null).
     fn value(&self, i: usize, record: &Value) -> Result<Option<Vec<u8>>, TaskError> {
+        if let Some(t) = &self.value_template {
+            return match self.ctx.render_for_record(t, "value", i, record)? {
+                Value::Null => Ok(None),
+                v => Ok(Some(value_bytes(&v))),
+            };
+        }
         match &self.value_field {
             None => Ok(Some(serde_json::to_vec(record).unwrap_or_default())),
             Some(path) => match field(record, path) {
@@ -112,6 +128,8 @@ impl TaskKind for KafkaProduce {
                 "records",
                 "key_field",
                 "value_field",
+                "key",
+                "value",
                 "headers",
                 "compression",
                 "create_topic",
@@ -119,6 +137,10 @@ impl TaskKind for KafkaProduce {
             ],
             required: &["topic", "records"],
         }
+    }
+
+    fn record_template_keys(&self) -> &'static [&'static str] {
+        &["key", "value"]
     }
 
     async fn run(&self, ctx: &TaskContext, args: Map<String, Value>) -> Result<Value, TaskError> {
@@ -140,9 +162,19 @@ impl TaskKind for KafkaProduce {
                 )))
             }
         };
+        for (t, f) in [("key", "key_field"), ("value", "value_field")] {
+            if args.contains_key(t) && args.contains_key(f) {
+                return Err(TaskError::Fatal(format!(
+                    "set either `{t}` (a template over `record`) or `{f}`, not both"
+                )));
+            }
+        }
         let layout = Layout {
             key_field: opt_str(&args, "key_field")?.map(str::to_string),
             value_field: opt_str(&args, "value_field")?.map(str::to_string),
+            key_template: ctx.record_template(&args, "key")?,
+            value_template: ctx.record_template(&args, "value")?,
+            ctx,
         };
         let headers = headers(&args)?;
         let compression = opt_str(&args, "compression")?.unwrap_or("none");
