@@ -1,0 +1,178 @@
+//! The shipped pipeline DAGs end to end: `sluice dags test` against the fixture
+//! servers and real Kafka-protocol, Elasticsearch-API and PostgreSQL servers, checked
+//! with independent clients.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use sluice_store::testing::pg_admin_url;
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
+fn repo_dags() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("dags")
+}
+
+/// Every message of `topic`: (partition, key, value).
+fn read_topic(broker: &str, topic: &str) -> Vec<(i32, String, Value)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set(
+            "group.id",
+            format!("pipelines-check-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(p, high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    let total: i64 = ends.values().sum();
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(500)) {
+            let m = m.expect("message");
+            out.push((
+                m.partition(),
+                String::from_utf8(m.key().expect("key").to_vec()).expect("utf8"),
+                serde_json::from_slice(m.payload().expect("payload")).expect("json"),
+            ));
+        }
+    }
+    assert_eq!(out.len() as i64, total, "read the whole topic");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steam_current_players_reaches_kafka_elasticsearch_and_postgres_without_duplicates() {
+    let fixtures = sluice_fixtures::Fixtures::new(Default::default());
+    let server = sluice_fixtures::spawn(fixtures.router(), "127.0.0.1:0")
+        .await
+        .expect("fixture server");
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let pg = pg_admin_url();
+    let tag = format!("t{}x{}", std::process::id(), rand::random::<u32>());
+    let (topic, prefix, table) = (
+        format!("steam-players-{tag}"),
+        format!("steam-players-{tag}"),
+        format!("steam_player_counts_{tag}"),
+    );
+    let mut home = Sandbox::new();
+    home.set_env("SLUICE_DAGS_FOLDER", repo_dags().to_str().expect("path"));
+    home.set_env("SLUICE_CONN_KAFKA_DEFAULT", &format!("kafka://{broker}"));
+    home.set_env("SLUICE_CONN_ES_DEFAULT", &es);
+    home.set_env("SLUICE_CONN_PG_DEFAULT", &pg);
+    let conf = json!({
+        "steam_base_url": format!("{}/steam", server.url()),
+        "topic": topic, "index_prefix": prefix, "table": table,
+    })
+    .to_string();
+    let args = [
+        "dags",
+        "test",
+        "steam_current_players",
+        "--date",
+        "2026-11-22T06:00:00Z",
+        "--conf",
+        conf.as_str(),
+    ];
+    // Twice: the second run must add its own records and duplicate none.
+    for round in 1..=2 {
+        let home = &home;
+        let run = tokio::task::block_in_place(|| home.run(&args));
+        assert!(run.success(), "round {round}: {}", run.describe());
+    }
+
+    // Kafka: 5 games a run, keyed by game name, spread over the topic's 3 partitions.
+    let messages = read_topic(&broker, &topic);
+    assert_eq!(messages.len(), 10, "{messages:?}");
+    let mut key_partition = BTreeMap::new();
+    for (p, key, value) in &messages {
+        assert_eq!(value["game"], json!(key), "keyed by game name");
+        assert_eq!(*key_partition.entry(key.clone()).or_insert(*p), *p);
+    }
+    assert_eq!(key_partition.len(), 5);
+    let records: BTreeSet<(i64, String)> = messages
+        .iter()
+        .map(|(_, _, v)| {
+            (
+                v["appid"].as_i64().expect("appid"),
+                v["fetched_at"].as_str().expect("fetched_at").to_string(),
+            )
+        })
+        .collect();
+
+    // Elasticsearch: one document per distinct record, searchable and aggregatable.
+    let http = reqwest::Client::new();
+    let index = format!("{prefix}-20261122");
+    let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
+    let count: Value = http
+        .get(format!("{es}/{index}/_count"))
+        .send()
+        .await
+        .expect("count")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(count["count"], records.len(), "{count}");
+    let agg: Value = http
+        .post(format!("{es}/{index}/_search"))
+        .json(&json!({"size": 0, "aggs": {"games": {"terms": {"field": "game", "size": 10}}}}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    let buckets = agg["aggregations"]["games"]["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("terms aggregation: {agg}"));
+    assert_eq!(buckets.len(), 5, "{agg}");
+
+    // PostgreSQL: the same records, once each.
+    let (rows, distinct): (i64, i64) = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&pg).await.expect("pg");
+        let r = sqlx::query_as(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT (appid, fetched_at)) FROM \"{table}\""
+        ))
+        .fetch_one(&mut c)
+        .await
+        .expect("count rows");
+        sqlx::query(&format!("DROP TABLE \"{table}\""))
+            .execute(&mut c)
+            .await
+            .expect("drop");
+        r
+    };
+    assert_eq!(rows, distinct, "no duplicate rows");
+    assert_eq!(rows as usize, records.len());
+    let _ = http.delete(format!("{es}/{index}")).send().await;
+}
