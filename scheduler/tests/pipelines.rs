@@ -176,3 +176,182 @@ async fn steam_current_players_reaches_kafka_elasticsearch_and_postgres_without_
     assert_eq!(rows as usize, records.len());
     let _ = http.delete(format!("{es}/{index}")).send().await;
 }
+
+/// Sets the modification time of `files` a minute back (past the DAG's `min_age`).
+fn age_files(files: &[std::path::PathBuf]) {
+    let status = std::process::Command::new("touch")
+        .arg("-d")
+        .arg("1 minute ago")
+        .args(files)
+        .status()
+        .expect("touch");
+    assert!(status.success());
+}
+
+fn txt_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+async fn es_ids(es: &str, index: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
+    let v: Value = http
+        .post(format!("{es}/{index}/_search"))
+        .json(&json!({"size": 1000, "_source": false}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    let mut ids: Vec<String> = v["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("search: {v}"))
+        .iter()
+        .map(|h| h["_id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_archives_it() {
+    let _serial = common::serial();
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let tag = format!("fi{}x{}", std::process::id(), rand::random::<u32>());
+    let mut home = Sandbox::new();
+    std::fs::copy(
+        repo_dags().join("file_ingest.toml"),
+        home.dags().join("file_ingest.toml"),
+    )
+    .expect("copy DAG");
+    home.set_env("SLUICE_CONN_KAFKA_DEFAULT", &format!("kafka://{broker}"));
+    home.set_env("SLUICE_CONN_ES_DEFAULT", &es);
+    let inbox = home.path().join("inbox");
+    let archive = home.path().join("archive");
+    let settings = json!({"inbox": inbox, "archive": archive, "topic": tag, "index": tag});
+    home.ok(&["variables", "set", "file_ingest", &settings.to_string()]);
+    home.ok(&[
+        "fixtures",
+        "files",
+        inbox.to_str().expect("path"),
+        "--count",
+        "12",
+    ]);
+    age_files(&txt_files(&inbox));
+
+    // The scheduler starts the latest interval's run at once (catchup = false); kill it
+    // in the middle of that run.
+    let mut scheduler = home.spawn(&["scheduler"]);
+    let runs = tokio::task::block_in_place(|| {
+        home.wait_runs(
+            "file_ingest",
+            "a running run",
+            Duration::from_secs(60),
+            &[&scheduler],
+            |r| r.iter().any(|r| r["state"] == "running"),
+        )
+    });
+    scheduler.kill9();
+    let first = runs[0]["run_id"].as_str().expect("run id").to_string();
+    let state_at_kill = home.runs("file_ingest").expect("runs")[0]["state"].clone();
+    assert_eq!(state_at_kill, "running", "the kill must interrupt the run");
+
+    // Restarted, the dead worker's try is retried and the run completes.
+    let scheduler = home.spawn(&["scheduler"]);
+    tokio::task::block_in_place(|| {
+        home.wait_runs(
+            "file_ingest",
+            "the interrupted run to succeed",
+            Duration::from_secs(120),
+            &[&scheduler],
+            |r| {
+                r.iter()
+                    .any(|r| r["run_id"] == first.as_str() && r["state"] == "success")
+            },
+        )
+    });
+    let ids = es_ids(&es, &tag).await;
+    assert_eq!(ids.len(), 12, "every file indexed exactly once: {ids:?}");
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("doc_") && id.contains(".txt@")),
+        "{ids:?}"
+    );
+
+    // New files and a second run: only they are added, and the first batch is archived.
+    home.ok(&[
+        "fixtures",
+        "files",
+        home.path().join("more").to_str().expect("path"),
+        "--count",
+        "15",
+    ]);
+    let mut new_files = Vec::new();
+    for n in 13..=15 {
+        let name = format!("doc_{n:04}.txt");
+        std::fs::rename(home.path().join("more").join(&name), inbox.join(&name)).expect("move");
+        new_files.push(inbox.join(&name));
+    }
+    age_files(&new_files);
+    let trigger = home.ok(&["dags", "trigger", "file_ingest"]);
+    assert!(
+        trigger.stdout.contains("Created run"),
+        "{}",
+        trigger.describe()
+    );
+    tokio::task::block_in_place(|| {
+        home.wait_runs(
+            "file_ingest",
+            "the triggered run to succeed",
+            Duration::from_secs(120),
+            &[&scheduler],
+            |r| {
+                r.iter().filter(|r| r["state"] == "success").count() >= 2
+                    && !r
+                        .iter()
+                        .any(|r| r["state"] == "running" || r["state"] == "queued")
+            },
+        )
+    });
+    let ids = es_ids(&es, &tag).await;
+    assert_eq!(ids.len(), 15, "{ids:?}");
+    let archived = std::fs::read_dir(&archive).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        archived, 12,
+        "the first run's files are archived by the next run"
+    );
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .expect("inbox")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+
+    // Kafka holds every file (a killed run may have sent some twice: at-least-once),
+    // keyed by file name, on the topic's 3 partitions.
+    let messages = read_topic(&broker, &tag);
+    let names: BTreeSet<&str> = messages.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(names.len(), 15);
+    let partitions: BTreeSet<i32> = messages.iter().map(|(p, _, _)| *p).collect();
+    assert!(
+        partitions.len() > 1 && partitions.iter().all(|p| *p < 3),
+        "{partitions:?}"
+    );
+    for (_, key, value) in &messages {
+        assert_eq!(value["fileName"], json!(key));
+        assert!(
+            value["subject"].as_str().is_some_and(|s| !s.is_empty()),
+            "{value}"
+        );
+    }
+    let _ = reqwest::Client::new()
+        .delete(format!("{es}/{tag}"))
+        .send()
+        .await;
+}
