@@ -218,8 +218,8 @@ async fn es_ids(es: &str, index: &str) -> Vec<String> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_archives_it() {
+#[test]
+fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_archives_it() {
     let _serial = common::serial();
     let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
     let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
@@ -248,15 +248,13 @@ async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_arch
     // The scheduler starts the latest interval's run at once (catchup = false); kill it
     // in the middle of that run.
     let mut scheduler = home.spawn(&["scheduler"]);
-    let runs = tokio::task::block_in_place(|| {
-        home.wait_runs(
-            "file_ingest",
-            "a running run",
-            Duration::from_secs(60),
-            &[&scheduler],
-            |r| r.iter().any(|r| r["state"] == "running"),
-        )
-    });
+    let runs = home.wait_runs(
+        "file_ingest",
+        "a running run",
+        Duration::from_secs(60),
+        &[&scheduler],
+        |r| r.iter().any(|r| r["state"] == "running"),
+    );
     scheduler.kill9();
     let first = runs[0]["run_id"].as_str().expect("run id").to_string();
     let state_at_kill = home.runs("file_ingest").expect("runs")[0]["state"].clone();
@@ -264,19 +262,17 @@ async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_arch
 
     // Restarted, the dead worker's try is retried and the run completes.
     let scheduler = home.spawn(&["scheduler"]);
-    tokio::task::block_in_place(|| {
-        home.wait_runs(
-            "file_ingest",
-            "the interrupted run to succeed",
-            Duration::from_secs(120),
-            &[&scheduler],
-            |r| {
-                r.iter()
-                    .any(|r| r["run_id"] == first.as_str() && r["state"] == "success")
-            },
-        )
-    });
-    let ids = es_ids(&es, &tag).await;
+    home.wait_runs(
+        "file_ingest",
+        "the interrupted run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter()
+                .any(|r| r["run_id"] == first.as_str() && r["state"] == "success")
+        },
+    );
+    let ids = common::block_on(es_ids(&es, &tag));
     assert_eq!(ids.len(), 12, "every file indexed exactly once: {ids:?}");
     assert!(
         ids.iter()
@@ -305,21 +301,19 @@ async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_arch
         "{}",
         trigger.describe()
     );
-    tokio::task::block_in_place(|| {
-        home.wait_runs(
-            "file_ingest",
-            "the triggered run to succeed",
-            Duration::from_secs(120),
-            &[&scheduler],
-            |r| {
-                r.iter().filter(|r| r["state"] == "success").count() >= 2
-                    && !r
-                        .iter()
-                        .any(|r| r["state"] == "running" || r["state"] == "queued")
-            },
-        )
-    });
-    let ids = es_ids(&es, &tag).await;
+    home.wait_runs(
+        "file_ingest",
+        "the triggered run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter().filter(|r| r["state"] == "success").count() >= 2
+                && !r
+                    .iter()
+                    .any(|r| r["state"] == "running" || r["state"] == "queued")
+        },
+    );
+    let ids = common::block_on(es_ids(&es, &tag));
     assert_eq!(ids.len(), 15, "{ids:?}");
     let archived = std::fs::read_dir(&archive).map(|d| d.count()).unwrap_or(0);
     assert_eq!(
@@ -350,8 +344,10 @@ async fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_arch
             "{value}"
         );
     }
-    let _ = reqwest::Client::new()
-        .delete(format!("{es}/{tag}"))
-        .send()
-        .await;
+    common::block_on(async {
+        let _ = reqwest::Client::new()
+            .delete(format!("{es}/{tag}"))
+            .send()
+            .await;
+    });
 }
