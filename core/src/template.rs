@@ -76,7 +76,28 @@ fn environment() -> Environment<'static> {
     env.set_debug(true);
     env.add_filter("fromjson", fromjson);
     env.add_filter("ds_add", ds_add);
+    env.add_filter("flatten", flatten);
     env
+}
+
+/// One level of nesting removed: `[[a, b], [c]]` → `[a, b, c]` (the XCom of a mapped
+/// task is a list of each instance's list); non-list items are kept as they are.
+fn flatten(v: Value) -> Result<Value, Error> {
+    let Ok(iter) = v.try_iter() else {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("flatten expects a list, got {}", v.kind()),
+        ));
+    };
+    let mut out = Vec::new();
+    for item in iter {
+        if item.kind() == minijinja::value::ValueKind::Seq {
+            out.extend(item.try_iter()?);
+        } else {
+            out.push(item);
+        }
+    }
+    Ok(Value::from(out))
 }
 
 /// One environment for per-record templates, so compiled ones can be `'static`.
@@ -386,6 +407,17 @@ fn ds_add(ds: String, days: i64) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flatten_removes_one_level() {
+        let t = Templates::new();
+        let ctx = Value::from_serialize(serde_json::json!({"x": [[1, 2], [3], 4, []]}));
+        assert_eq!(
+            t.render_value(&serde_json::json!("{{ x | flatten }}"), &ctx)
+                .unwrap(),
+            serde_json::json!([1, 2, 3, 4])
+        );
+    }
 
     #[test]
     fn record_templates_see_the_record_and_the_context() {

@@ -351,3 +351,112 @@ fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_archives_i
             .await;
     });
 }
+
+/// A sandbox whose DAG folder holds only `dag_file` from the repository, with the Kafka
+/// and Elasticsearch connections of the test servers.
+fn pipeline_sandbox(dag_file: &str, broker: &str, es: &str) -> Sandbox {
+    let mut home = Sandbox::new();
+    std::fs::copy(repo_dags().join(dag_file), home.dags().join(dag_file)).expect("copy DAG");
+    home.set_env("SLUICE_CONN_KAFKA_DEFAULT", &format!("kafka://{broker}"));
+    home.set_env("SLUICE_CONN_ES_DEFAULT", es);
+    home
+}
+
+#[test]
+fn csv_catalog_indexes_rows_once_and_answers_aggregations() {
+    let _serial = common::serial();
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let tag = format!("cc{}x{}", std::process::id(), rand::random::<u32>());
+    let home = pipeline_sandbox("csv_catalog.toml", &broker, &es);
+    let inbox = home.path().join("catalog");
+    let archive = home.path().join("done");
+    let settings = json!({"inbox": inbox, "archive": archive, "topic": tag, "index": tag});
+    home.ok(&["variables", "set", "csv_catalog", &settings.to_string()]);
+    let csv = inbox.join("titles.csv");
+    home.ok(&[
+        "fixtures",
+        "csv",
+        csv.to_str().expect("path"),
+        "--rows",
+        "1500",
+    ]);
+    age_files(std::slice::from_ref(&csv));
+
+    let scheduler = home.spawn(&["scheduler"]);
+    home.wait_runs(
+        "csv_catalog",
+        "the first run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| r.iter().any(|r| r["state"] == "success"),
+    );
+    // A second run finds no new file: it sends nothing, and archives the first file.
+    home.ok(&["dags", "trigger", "csv_catalog"]);
+    home.wait_runs(
+        "csv_catalog",
+        "the second run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter().filter(|r| r["state"] == "success").count() >= 2
+                && !r
+                    .iter()
+                    .any(|r| r["state"] == "running" || r["state"] == "queued")
+        },
+    );
+
+    let messages = read_topic(&broker, &tag);
+    assert_eq!(messages.len(), 1500, "each row published once");
+    let keys: BTreeSet<&str> = messages.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(keys.len(), 1500);
+    assert!(
+        archive.join("titles.csv").exists(),
+        "archived after success"
+    );
+    assert!(!csv.exists());
+
+    common::block_on(async {
+        let http = reqwest::Client::new();
+        let _ = http.post(format!("{es}/{tag}/_refresh")).send().await;
+        let v: Value = http
+            .post(format!("{es}/{tag}/_search"))
+            .json(&json!({
+                "size": 0,
+                "aggs": {
+                    "by_country": {"terms": {"field": "country", "size": 5}},
+                    "top_genres": {"terms": {"field": "listed_in", "size": 5}},
+                    "by_year_type": {"terms": {"field": "release_year", "size": 3},
+                                     "aggs": {"type": {"terms": {"field": "type"}}}},
+                },
+            }))
+            .send()
+            .await
+            .expect("search")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["hits"]["total"]["value"], 1500, "{v}");
+        let countries = v["aggregations"]["by_country"]["buckets"]
+            .as_array()
+            .expect("buckets");
+        assert_eq!(countries.len(), 5, "{v}");
+        // Countries are lists: a title counts for each of its countries.
+        let genres = v["aggregations"]["top_genres"]["buckets"]
+            .as_array()
+            .expect("buckets");
+        assert!(genres[0]["doc_count"].as_u64().unwrap_or(0) > 50, "{v}");
+        let year = &v["aggregations"]["by_year_type"]["buckets"][0];
+        let types: BTreeSet<&str> = year["type"]["buckets"]
+            .as_array()
+            .expect("types")
+            .iter()
+            .filter_map(|b| b["key"].as_str())
+            .collect();
+        assert!(
+            types.iter().all(|t| *t == "Movie" || *t == "TV Show"),
+            "{v}"
+        );
+        let _ = http.delete(format!("{es}/{tag}")).send().await;
+    });
+}
