@@ -8,8 +8,9 @@
 //! outbox, and the values are written to the Redis hash `sluice:checkpoints:<dag>`
 //! from there — right after the run finishes, and again by any later flush if a
 //! process died in between. Reads then prefer Redis, so an operator can reset a
-//! cursor with `HSET`. Each Redis write is guarded by the outbox sequence number, so
-//! a slow flusher can never put an older value over a newer one.
+//! cursor with `HSET`. Each Redis write is guarded by the commit time of its value, so
+//! a slow flusher can never put an older value over a newer one — whichever store
+//! (a team's PostgreSQL, the throwaway store of `dags test`) committed it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,14 +34,14 @@ pub fn redis_key(dag_id: &str) -> String {
     format!("sluice:checkpoints:{dag_id}")
 }
 
-/// Sets each field only if its outbox sequence number is newer than the one Redis has
-/// (kept in a companion hash, out of the users' way). KEYS[1] = values, KEYS[2] =
-/// sequence numbers; ARGV = name, value, seq, name, value, seq, ...
+/// Sets each field unless Redis holds a value committed later (commit times in
+/// microseconds, kept in a companion hash out of the users' way). KEYS[1] = values,
+/// KEYS[2] = commit times; ARGV = name, value, time, name, value, time, ...
 const GUARDED_HSET: &str = r"
 for i = 1, #ARGV, 3 do
   local seen = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
   local seq = tonumber(ARGV[i + 2])
-  if seq > seen then
+  if seq >= seen then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
   end
@@ -179,7 +180,9 @@ impl Checkpoints {
                         let mut inv = script.prepare_invoke();
                         inv.key(values_key).key(seq_key);
                         for e in items {
-                            inv.arg(&e.name).arg(&e.value).arg(e.id);
+                            inv.arg(&e.name)
+                                .arg(&e.value)
+                                .arg(e.committed_at.timestamp_micros());
                         }
                         inv.invoke_async::<i64>(&mut c).await
                     })

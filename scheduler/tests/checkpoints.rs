@@ -168,18 +168,20 @@ async fn queued_checkpoints_reach_redis_and_never_go_back() {
     forget(&key).await;
     let dag = cursor_dag(&dag_id);
     let sql = sqlx::SqlitePool::connect(&db.url).await.expect("sqlite");
+    // Entry n was committed n seconds after midnight.
     let queue = |id: i64, name: &'static str, value: &'static str| {
         let sql = sql.clone();
         let dag_id = dag_id.clone();
         async move {
             sqlx::query(
                 "INSERT INTO checkpoint_outbox (id, dag_id, name, value, created_at) \
-                 VALUES ($1, $2, $3, $4, '2026-11-22T00:00:00Z')",
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(id)
             .bind(dag_id)
             .bind(name)
             .bind(value)
+            .bind(format!("2026-11-22T00:00:{id:02}Z"))
             .execute(&sql)
             .await
             .expect("queue");
@@ -209,6 +211,26 @@ async fn queued_checkpoints_reach_redis_and_never_go_back() {
     queue(1, "last_id", "110").await;
     assert_eq!(checkpoints.flush().await.expect("flush"), 1);
     assert_eq!(hget(&key, "last_id").await.as_deref(), Some("120"));
+
+    // Another store (a fresh database, `dags test`'s throwaway one) numbers its outbox
+    // from 1 again: a later commit from it must still win.
+    let other = TestDb::sqlite().await;
+    let other_sql = sqlx::SqlitePool::connect(&other.url).await.expect("sqlite");
+    sqlx::query(
+        "INSERT INTO checkpoint_outbox (id, dag_id, name, value, created_at) \
+         VALUES (1, $1, 'last_id', '130', '2026-11-22T00:01:00Z')",
+    )
+    .bind(&dag_id)
+    .execute(&other_sql)
+    .await
+    .expect("queue");
+    sluice::checkpoints::Checkpoints::new(other.store.clone(), &conns)
+        .flush()
+        .await
+        .expect("flush");
+    assert_eq!(hget(&key, "last_id").await.as_deref(), Some("130"));
+    other_sql.close().await;
+    other.cleanup().await;
 
     // An unreachable Redis is an error that names it, after retries.
     let dead = sluice_tasks::Connections::load(&BTreeMap::from([(

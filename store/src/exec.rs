@@ -144,6 +144,8 @@ pub struct OutboxEntry {
     pub dag_id: String,
     pub name: String,
     pub value: String,
+    /// When the run that set it succeeded.
+    pub committed_at: DateTime<Utc>,
 }
 
 /// Relative path of a try's log file, laid out as Airflow does.
@@ -910,9 +912,9 @@ impl Store {
 
     /// The oldest checkpoint values still to be written to Redis, in commit order.
     pub async fn checkpoint_outbox(&self, limit: i64) -> Result<Vec<OutboxEntry>> {
-        let rows: Vec<(i64, String, String, String)> = with_pool!(&self.db, pool => {
+        let rows: Vec<(i64, String, String, String, DateTime<Utc>)> = with_pool!(&self.db, pool => {
             sqlx::query_as(
-                "SELECT id, dag_id, name, value FROM checkpoint_outbox ORDER BY id LIMIT $1",
+                "SELECT id, dag_id, name, value, created_at FROM checkpoint_outbox ORDER BY id LIMIT $1",
             )
             .bind(limit)
             .fetch_all(pool)
@@ -920,11 +922,12 @@ impl Store {
         });
         Ok(rows
             .into_iter()
-            .map(|(id, dag_id, name, value)| OutboxEntry {
+            .map(|(id, dag_id, name, value, committed_at)| OutboxEntry {
                 id,
                 dag_id,
                 name,
                 value,
+                committed_at,
             })
             .collect())
     }
