@@ -569,3 +569,128 @@ fn keyword_stream_indexes_heavy_posts_once_with_a_redis_cursor() {
     });
     drop(server);
 }
+
+#[test]
+fn steam_recent_games_walks_ids_from_the_redis_cursor_once() {
+    let _serial = common::serial();
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let redis_url = env_or("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fixtures = sluice_fixtures::Fixtures::new(Default::default());
+    let server = rt
+        .block_on(sluice_fixtures::spawn(fixtures.router(), "127.0.0.1:0"))
+        .expect("fixture server");
+    let key = sluice::checkpoints::redis_key("steam_recent_games");
+    let redis_cmd = |args: &[&str]| -> Option<String> {
+        rt.block_on(async {
+            let mut c = redis::Client::open(redis_url.as_str())
+                .expect("redis")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection");
+            let mut cmd = redis::cmd(args[0]);
+            for a in &args[1..] {
+                cmd.arg(*a);
+            }
+            cmd.query_async::<Option<String>>(&mut c)
+                .await
+                .ok()
+                .flatten()
+        })
+    };
+    redis_cmd(&["DEL", &key, &format!("{key}:seq")]);
+    let tag = format!("rg{}x{}", std::process::id(), rand::random::<u32>());
+    let mut home = pipeline_sandbox("steam_recent_games.toml", &broker, &es);
+    home.set_env("SLUICE_CONN_REDIS_DEFAULT", &redis_url);
+    home.set_env("SLUICE_SECRET_STEAM_API_KEY", "fixture-key-0001");
+    let settings = json!({
+        "base_url": format!("{}/steam", server.url()), "batch": 20, "rate_limit": "100/s",
+        "games_topic": format!("{tag}-games"), "summaries_topic": format!("{tag}-summaries"),
+        "index_prefix": tag,
+    });
+    home.ok(&[
+        "variables",
+        "set",
+        "steam_recent_games",
+        &settings.to_string(),
+    ]);
+
+    let scheduler = home.spawn(&["scheduler"]);
+    home.wait_runs(
+        "steam_recent_games",
+        "the first run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| r.iter().any(|r| r["state"] == "success"),
+    );
+    home.ok(&["dags", "trigger", "steam_recent_games"]);
+    home.wait_runs(
+        "steam_recent_games",
+        "the second run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter().filter(|r| r["state"] == "success").count() >= 2
+                && !r
+                    .iter()
+                    .any(|r| r["state"] == "running" || r["state"] == "queued")
+        },
+    );
+    let successes = home
+        .runs("steam_recent_games")
+        .expect("runs")
+        .iter()
+        .filter(|r| r["state"] == "success")
+        .count() as u64;
+
+    // The cursor moved one batch per successful run, and each user was fetched once.
+    let start = 76561197960265728u64;
+    let cursor = redis_cmd(&["HGET", &key, "last_steam_id"]).expect("cursor in Redis");
+    assert_eq!(cursor, (start + 20 * successes).to_string());
+    let games = read_topic(&broker, &format!("{tag}-games"));
+    let users: BTreeSet<u64> = games
+        .iter()
+        .map(|(_, k, _)| k.parse::<u64>().expect("steam id"))
+        .collect();
+    let expected: BTreeSet<u64> = (start + 1..=start + 20 * successes).collect();
+    assert_eq!(
+        users, expected,
+        "every id of every batch, none twice across runs"
+    );
+    let per_user_game: BTreeSet<(String, String)> = games
+        .iter()
+        .map(|(_, k, v)| (k.clone(), v["appid"].to_string()))
+        .collect();
+    assert_eq!(
+        per_user_game.len(),
+        games.len(),
+        "no (user, game) record twice"
+    );
+    let summaries = read_topic(&broker, &format!("{tag}-summaries"));
+    assert!(!summaries.is_empty() && summaries.len() as u64 <= 20 * successes);
+    assert!(
+        summaries
+            .iter()
+            .any(|(_, _, v)| v["communityvisibilitystate"] == 1),
+        "private profiles are records too"
+    );
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let index = format!("{tag}-player-summaries");
+        let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
+        let count: Value = http
+            .get(format!("{es}/{index}/_count"))
+            .send()
+            .await
+            .expect("count")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(count["count"], summaries.len(), "{count}");
+        let _ = http.delete(format!("{es}/{index}")).send().await;
+        let _ = http.delete(format!("{es}/{tag}-recent-games")).send().await;
+    });
+    redis_cmd(&["DEL", &key, &format!("{key}:seq")]);
+    drop(server);
+}
