@@ -27,6 +27,13 @@ pub struct Config {
     pub connections: std::collections::BTreeMap<String, String>,
     /// Named secrets: name → value. `SLUICE_SECRET_<NAME>` variables add and override.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Address the REST API listens on (`sluice web`, `sluice standalone`; `--host`).
+    pub web_host: String,
+    /// Port of the REST API (`SLUICE_WEB_PORT`, `--port`; 0 picks a free one).
+    pub web_port: u16,
+    /// Signs the API's tokens (`SLUICE_JWT_SECRET`). Default: a secret generated on
+    /// first start and kept in the store, so every process of the installation agrees.
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +69,9 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             connections: Default::default(),
             secrets: Default::default(),
+            web_host: "127.0.0.1".to_string(),
+            web_port: 8080,
+            jwt_secret: None,
         }
     }
 }

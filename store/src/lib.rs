@@ -8,6 +8,7 @@
 //! both); the few statements that differ — row locks, list parameters — are chosen by
 //! [`Dialect`] in `sql.rs`.
 
+pub mod api;
 mod dags;
 pub use dags::schedule_label;
 mod exec;
@@ -31,6 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
+pub use api::{evaluate_run, run_order_column, RunFilter, TiSelector, TimeRange, UserRow};
 pub use exec::{
     checkpoint_namespace, log_path, Claimed, FinishReport, OutboxEntry, Outcome, StateProposal,
     TryIo, TryResult, XcomValue,

@@ -175,6 +175,16 @@ impl Store {
                         .bind(run_pk)
                         .fetch_one(&mut *tx)
                         .await?;
+                // A run queued again after it ran (cleared through the API) keeps its
+                // task instances: the cleared ones were already decided then.
+                let existing: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM task_instance WHERE dag_run_id = $1")
+                        .bind(run_pk)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if existing > 0 {
+                    continue;
+                }
                 let tasks: Vec<_> = dag.tasks.values().collect();
                 for chunk in tasks.chunks(INSERT_CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<DbKind>::new(
