@@ -1,7 +1,7 @@
 //! Apache Airflow's own Python client (`apache-airflow-client` 3.x, installed by
 //! `scripts/airflow_client.sh`) against `sluice standalone`: the API is compatible
 //! enough for it to list DAGs, trigger with conf, follow the run, and read task
-//! instances, a log and an XCom (the script is `airflow_client.py`).
+//! instances, a log and an XCom (the script is `drive_airflow_client.py`).
 
 mod common;
 
@@ -56,7 +56,8 @@ fn airflow_python_client_drives_sluice() {
                 .ok_or(out)
         },
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/airflow_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drive_airflow_client.py");
     let out = Command::new(&python)
         .arg(&script)
         .env("SLUICE_API_URL", format!("http://127.0.0.1:{port}"))

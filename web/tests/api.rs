@@ -207,7 +207,7 @@ async fn dags_list_filter_paginate_and_pause() {
         assert_eq!(d["dag_display_name"], "hourly_etl");
         assert_eq!(d["is_paused"], false);
         assert_eq!(d["is_stale"], false);
-        assert_eq!(d["timetable_summary"], "@hourly");
+        assert_eq!(d["timetable_summary"], "0 * * * *", "{d}");
         assert_eq!(d["max_active_runs"], 3);
         assert_eq!(
             d["tags"][0],

@@ -1,6 +1,6 @@
 """Drives `sluice standalone` with Apache Airflow's own generated Python client
 (apache-airflow-client 3.x): list DAGs, unpause, trigger with conf, wait for the run,
-read its task instances, a log and an XCom. Run by airflow_client.rs; prints
+read its task instances, a log and an XCom. Run by airflow_client.rs (named apart from the `airflow_client` package it imports); prints
 "airflow client: OK" when everything held."""
 
 import json
@@ -71,7 +71,7 @@ with af.ApiClient(cfg) as client:
     text = " ".join(getattr(l, "event", str(l)) for l in lines)
     assert "hello python" in text, text
 
-    xcom = x_com_api.XComApi(client).get_xcom_entry("client_demo", "from_python", "greet", "return_value")
+    xcom = x_com_api.XComApi(client).get_xcom_entry("client_demo", "greet", "from_python", "return_value")  # task before run, as in the client
     value = xcom.actual_instance.value
     assert value == {"greeting": "hello python"}, value
 
