@@ -99,6 +99,44 @@ pub struct RunFilter {
     pub offset: i64,
 }
 
+/// Which task instances to list.
+#[derive(Clone, Debug, Default)]
+pub struct TiFilter {
+    /// `None`: of every DAG.
+    pub dag_id: Option<String>,
+    /// `None`: of every run.
+    pub run_id: Option<String>,
+    /// States; `none` matches undecided task instances.
+    pub states: Vec<String>,
+    pub task_id: Option<String>,
+    pub pools: Vec<String>,
+    pub map_index: Option<i64>,
+    /// Columns from [`ti_order_column`], with `true` for descending.
+    pub order_by: Vec<(&'static str, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// The column a task-instance list may be ordered by, for an Airflow field name.
+pub fn ti_order_column(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "id" => "id",
+        "dag_id" => "dag_id",
+        "run_id" | "dag_run_id" => "run_id",
+        "task_id" => "task_id",
+        "map_index" => "map_index",
+        "state" => "state",
+        "start_date" => "start_date",
+        "end_date" => "end_date",
+        "duration" => "duration_ms",
+        "priority_weight" => "priority_weight",
+        "try_number" => "try_number",
+        "logical_date" => "logical_date",
+        "pool" => "pool",
+        _ => return None,
+    })
+}
+
 /// The column a run list may be ordered by, for an Airflow field name.
 pub fn run_order_column(field: &str) -> Option<&'static str> {
     Some(match field {
@@ -314,6 +352,54 @@ macro_rules! push_run_filter {
     }};
 }
 
+/// Appends the WHERE clause of a [`TiFilter`] to a query builder (either backend).
+macro_rules! push_ti_filter {
+    ($qb:expr, $f:expr) => {{
+        let f = $f;
+        $qb.push(" WHERE 1 = 1");
+        if let Some(d) = &f.dag_id {
+            $qb.push(" AND dag_id = ").push_bind(d.clone());
+        }
+        if let Some(r) = &f.run_id {
+            $qb.push(" AND run_id = ").push_bind(r.clone());
+        }
+        if let Some(t) = &f.task_id {
+            $qb.push(" AND task_id = ").push_bind(t.clone());
+        }
+        if let Some(m) = f.map_index {
+            $qb.push(" AND map_index = ").push_bind(m);
+        }
+        if !f.pools.is_empty() {
+            $qb.push(" AND pool IN (");
+            let mut sep = $qb.separated(", ");
+            for p in &f.pools {
+                sep.push_bind(p.clone());
+            }
+            $qb.push(")");
+        }
+        if !f.states.is_empty() {
+            let named: Vec<&String> = f.states.iter().filter(|s| s.as_str() != "none").collect();
+            let none = named.len() < f.states.len();
+            $qb.push(" AND (");
+            if none {
+                $qb.push("state IS NULL");
+            }
+            if !named.is_empty() {
+                if none {
+                    $qb.push(" OR ");
+                }
+                $qb.push("state IN (");
+                let mut sep = $qb.separated(", ");
+                for s in named {
+                    sep.push_bind(s.clone());
+                }
+                $qb.push(")");
+            }
+            $qb.push(")");
+        }
+    }};
+}
+
 impl Store {
     // ---- users and shared secrets ----
 
@@ -434,6 +520,30 @@ impl Store {
             let rows: Vec<RunRow> = qb.build_query_as().fetch_all(pool).await?;
             let mut count = sqlx::QueryBuilder::<DbKind>::new("SELECT COUNT(*) FROM dag_run");
             push_run_filter!(count, filter);
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            (rows, total)
+        });
+        Ok(rows)
+    }
+
+    /// Task instances matching `filter`, one page of them, and how many match in all.
+    pub async fn list_task_instances(&self, filter: &TiFilter) -> Result<(Vec<TiRow>, i64)> {
+        let order: Vec<String> = filter
+            .order_by
+            .iter()
+            .map(|(c, desc)| format!("{c}{}", if *desc { " DESC" } else { "" }))
+            .chain(std::iter::once("id".to_string()))
+            .collect();
+        let rows = with_pool!(&self.db, pool => {
+            let mut qb = sqlx::QueryBuilder::<DbKind>::new(format!("SELECT {TI_COLUMNS} FROM task_instance"));
+            push_ti_filter!(qb, filter);
+            qb.push(format!(" ORDER BY {} LIMIT ", order.join(", ")));
+            qb.push_bind(filter.limit.max(0));
+            qb.push(" OFFSET ");
+            qb.push_bind(filter.offset.max(0));
+            let rows: Vec<TiRow> = qb.build_query_as().fetch_all(pool).await?;
+            let mut count = sqlx::QueryBuilder::<DbKind>::new("SELECT COUNT(*) FROM task_instance");
+            push_ti_filter!(count, filter);
             let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
             (rows, total)
         });

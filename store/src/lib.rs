@@ -32,7 +32,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
-pub use api::{evaluate_run, run_order_column, RunFilter, TiSelector, TimeRange, UserRow};
+pub use api::{
+    evaluate_run, run_order_column, ti_order_column, RunFilter, TiFilter, TiSelector, TimeRange,
+    UserRow,
+};
 pub use exec::{
     checkpoint_namespace, log_path, Claimed, FinishReport, OutboxEntry, Outcome, StateProposal,
     TryIo, TryResult, XcomValue,

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_core::Dag;
-use sluice_store::{RunFilter, RunRow, TiRow, TiSelector, TiState, TimeRange, TryRow};
+use sluice_store::{RunFilter, RunRow, TiFilter, TiRow, TiSelector, TiState, TimeRange, TryRow};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::User;
@@ -221,19 +221,24 @@ pub struct TaskInstancesQuery {
     pool: Vec<String>,
     #[param(value_type = Option<i64>)]
     map_index: Option<String>,
-    /// `id`, `task_id`, `map_index`, `state`, `start_date`, `end_date`, `duration`, `priority_weight`; `-` for descending.
+    /// `id`, `dag_id`, `run_id`, `task_id`, `map_index`, `state`, `start_date`, `end_date`, `duration`, `priority_weight`, `try_number`, `logical_date`, `pool`; `-` for descending.
     #[serde(default)]
     order_by: Vec<String>,
 }
 
-/// List the task instances of a run.
+/// List the task instances of a run (`~` as dag_id and/or dag_run_id: of every DAG or run).
 #[utoipa::path(
     get,
     path = "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances",
     tag = "Task Instance",
-    params(("dag_id" = String, Path), ("dag_run_id" = String, Path), TaskInstancesQuery),
+    params(
+        ("dag_id" = String, Path, description = "A DAG id, or `~` for all DAGs"),
+        ("dag_run_id" = String, Path, description = "A run id, or `~` for all runs"),
+        TaskInstancesQuery
+    ),
     responses(
         (status = 200, description = "Task instances", body = TaskInstanceCollectionResponse),
+        (status = 400, body = HTTPExceptionResponse),
         (status = 404, body = HTTPExceptionResponse),
         (status = 422, body = HTTPValidationError),
     )
@@ -263,45 +268,38 @@ pub async fn get_task_instances(
     }
     let order = extract::order_by(
         &q.order_by,
-        |f| match f {
-            "id" | "task_id" | "map_index" | "state" | "start_date" | "end_date" | "duration" | "priority_weight" | "try_number" => Some(f.to_string()),
-            _ => None,
-        },
-        "id, task_id, map_index, state, start_date, end_date, duration, priority_weight, try_number",
+        sluice_store::ti_order_column,
+        "id, dag_id, run_id, task_id, map_index, state, start_date, end_date, duration, priority_weight, try_number, logical_date, pool",
     )?;
-    let run = models::find_run(&state.store, &dag_id, &run_id).await?;
-    let mut tis: Vec<TiRow> = state
-        .store
-        .task_instances(run.id)
-        .await?
-        .into_iter()
-        .filter(|t| states.is_empty() || states.iter().any(|s| s == t.state_label()))
-        .filter(|t| q.task_id.as_ref().is_none_or(|id| &t.task_id == id))
-        .filter(|t| q.pool.is_empty() || q.pool.contains(&t.pool))
-        .filter(|t| map_index.is_none_or(|m| t.map_index == m))
-        .collect();
-    tis.sort_by(|a, b| {
-        for (field, desc) in &order {
-            let c = match field.as_str() {
-                "task_id" => a.task_id.cmp(&b.task_id),
-                "map_index" => a.map_index.cmp(&b.map_index),
-                "state" => a.state.cmp(&b.state),
-                "start_date" => a.start_date.cmp(&b.start_date),
-                "end_date" => a.end_date.cmp(&b.end_date),
-                "duration" => a.duration_ms.cmp(&b.duration_ms),
-                "priority_weight" => a.priority_weight.cmp(&b.priority_weight),
-                "try_number" => a.try_number.cmp(&b.try_number),
-                _ => a.id.cmp(&b.id),
-            };
-            let c = if *desc { c.reverse() } else { c };
-            if c != std::cmp::Ordering::Equal {
-                return c;
-            }
+    let dag_id = (dag_id != "~").then_some(dag_id);
+    let run_id = (run_id != "~").then_some(run_id);
+    match (&dag_id, &run_id) {
+        (Some(d), Some(r)) => {
+            models::find_run(&state.store, d, r).await?;
         }
-        a.id.cmp(&b.id)
-    });
-    let total = tis.len() as i64;
-    let items = ti_responses(&state, &run, models::paginate(tis, limit, offset)).await?;
+        (Some(d), None) => {
+            models::find_dag(&state.store, d).await?;
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a dag_run_id needs its dag_id: use ~ for both to list every task instance",
+            ))
+        }
+        (None, None) => {}
+    }
+    let filter = TiFilter {
+        dag_id,
+        run_id,
+        states,
+        task_id: q.task_id.clone(),
+        pools: q.pool.clone(),
+        map_index,
+        order_by: order,
+        limit,
+        offset,
+    };
+    let (tis, total) = state.store.list_task_instances(&filter).await?;
+    let items = ti_responses_any(&state, tis).await?;
     Ok(Json(TaskInstanceCollectionResponse {
         task_instances: items,
         total_entries: total,

@@ -536,6 +536,28 @@ async fn clear_and_patch_rerun_tasks_and_serve_logs_and_xcoms() {
             .ok("/api/v2/dags/flow/dagRuns/r1/taskInstances?state=failed&state=upstream_failed")
             .await;
         assert_eq!(failed["total_entries"], 2, "{failed}");
+        let every = api
+            .ok("/api/v2/dags/~/dagRuns/~/taskInstances?order_by=-task_id&limit=2")
+            .await;
+        assert_eq!(every["total_entries"], 4, "{every}");
+        assert_eq!(
+            ids(&every, "task_instances", "task_id"),
+            ["report", "extract"],
+            "{every}"
+        );
+        let page = api
+            .ok("/api/v2/dags/flow/dagRuns/~/taskInstances?task_id=check")
+            .await;
+        assert_eq!(page["task_instances"][0]["dag_run_id"], "r1", "{page}");
+        let r = api
+            .get("/api/v2/dags/flow/dagRuns/r1/taskInstances?state=lost")
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{r:?}");
+        assert_eq!(r.body["detail"][0]["loc"], json!(["query", "state"]));
+        let r = api
+            .get("/api/v2/dags/flow/dagRuns/nope/taskInstances")
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
         let one = api
             .ok("/api/v2/dags/flow/dagRuns/r1/taskInstances/extract")
             .await;
@@ -964,4 +986,113 @@ async fn openapi_json_parses_and_lists_the_paths() {
     // The document served is the one the library builds.
     assert_eq!(spec, serde_json::to_value(sluice_web::openapi()).unwrap());
     api.stop().await;
+}
+
+const MAPPED: &str = r#"
+[dag]
+id = "fan"
+schedule = "None"
+[tasks.each]
+kind = "shell"
+map_over = [1, 2, 3]
+command = "echo item {{ item }}; echo {{ item * 10 }}"
+[tasks.done]
+kind = "noop"
+upstream = ["each"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_task_instances_by_map_index() {
+    for (backend, mut api) in both().await {
+        api.write_dag("fan.toml", MAPPED);
+        api.start_scheduler(64 * 1024);
+        api.wait_for("/api/v2/dags", Duration::from_secs(30), |b| {
+            b["total_entries"] == 1
+        })
+        .await;
+        let r = api
+            .post("/api/v2/dags/fan/dagRuns", json!({"dag_run_id": "m"}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        api.wait_for("/api/v2/dags/fan/dagRuns/m", Duration::from_secs(60), |r| {
+            r["state"] == "success"
+        })
+        .await;
+        let each = api
+            .ok("/api/v2/dags/fan/dagRuns/m/taskInstances?task_id=each&order_by=map_index")
+            .await;
+        assert_eq!(each["total_entries"], 3, "{backend}: {each}");
+        let indexes: Vec<i64> = each["task_instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["map_index"].as_i64().unwrap())
+            .collect();
+        assert_eq!(indexes, [0, 1, 2]);
+        let one = api
+            .ok("/api/v2/dags/fan/dagRuns/m/taskInstances/each/1")
+            .await;
+        assert_eq!(
+            (one["map_index"].clone(), one["state"].clone()),
+            (json!(1), json!("success"))
+        );
+        let r = api
+            .get("/api/v2/dags/fan/dagRuns/m/taskInstances/each")
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
+        assert!(r.detail().contains("mapped"), "{r:?}");
+        let x = api.ok("/api/v2/dags/fan/dagRuns/m/taskInstances/each/xcomEntries/return_value?map_index=2").await;
+        assert_eq!(x["value"], 30, "{x}");
+        let log = api
+            .ok("/api/v2/dags/fan/dagRuns/m/taskInstances/each/logs/1?map_index=1")
+            .await;
+        assert!(
+            log["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["event"] == "item 2"),
+            "{log}"
+        );
+
+        // Mark one mapped instance failed: `done` already ran and is the leaf, so the
+        // re-evaluated run stays successful.
+        let r = api
+            .patch(
+                "/api/v2/dags/fan/dagRuns/m/taskInstances/each/1",
+                json!({"new_state": "failed"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert_eq!(ids(&r.body, "task_instances", "task_id"), ["each"]);
+        assert_eq!(r.body["task_instances"][0]["map_index"], 1);
+        assert_eq!(
+            api.ok("/api/v2/dags/fan/dagRuns/m").await["state"],
+            "success"
+        );
+        // Clear just that instance and what follows it: it runs again, alone.
+        let r = api
+            .post(
+                "/api/v2/dags/fan/clearTaskInstances",
+                json!({"dag_run_id": "m", "task_ids": [["each", 1]], "include_downstream": true, "only_failed": false, "dry_run": false}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert_eq!(r.body["total_entries"], 2, "each[1] and done: {r:?}");
+        api.wait_for("/api/v2/dags/fan/dagRuns/m", Duration::from_secs(60), |r| {
+            r["state"] == "success"
+        })
+        .await;
+        let each = api
+            .ok("/api/v2/dags/fan/dagRuns/m/taskInstances?task_id=each&order_by=map_index")
+            .await;
+        let tries: Vec<i64> = each["task_instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["try_number"].as_i64().unwrap())
+            .collect();
+        assert_eq!(tries, [1, 2, 1], "{each}");
+        api.stop().await;
+    }
 }
