@@ -4,6 +4,8 @@
 //! Passwords are kept only as argon2 hashes. Two roles: `admin` may do everything,
 //! `viewer` may only read (any request but GET/HEAD is a 403 for it).
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -147,18 +149,75 @@ pub async fn create_user(
     Ok(store.create_user(username, &hash, role).await?)
 }
 
+/// Credentials that verified recently, so that scripts sending basic auth on every
+/// request pay for argon2 once. Keys are keyed BLAKE2b digests of (username, password,
+/// stored hash): no password is kept, and a changed password or hash misses.
+pub struct VerifiedCache {
+    key: [u8; 32],
+    seen: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// Entries kept at most; the cache is emptied when full.
+const VERIFIED_CACHE_MAX: usize = 1024;
+
+impl VerifiedCache {
+    pub fn new() -> VerifiedCache {
+        VerifiedCache {
+            key: rand::random(),
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn digest(&self, username: &str, password: &str, hash: &str) -> [u8; 32] {
+        use blake2::digest::{KeyInit, Mac};
+        type Blake2b256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
+        let mut mac =
+            <Blake2b256 as KeyInit>::new_from_slice(&self.key).expect("a 32-byte key fits BLAKE2b");
+        for part in [username, password, hash] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn contains(&self, d: &[u8; 32]) -> bool {
+        self.seen.lock().map(|s| s.contains(d)).unwrap_or(false)
+    }
+
+    fn insert(&self, d: [u8; 32]) {
+        if let Ok(mut s) = self.seen.lock() {
+            if s.len() >= VERIFIED_CACHE_MAX {
+                s.clear();
+            }
+            s.insert(d);
+        }
+    }
+}
+
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 async fn check_password(state: &AppState, username: &str, password: &str) -> ApiResult<User> {
     let bad = || ApiError::unauthorized("Invalid username or password");
     let Some(row) = state.store.user(username).await? else {
         return Err(bad());
     };
-    let password = password.to_string();
-    let hash = row.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal)?;
-    if !ok {
-        return Err(bad());
+    let digest = state
+        .verified
+        .digest(username, password, &row.password_hash);
+    if !state.verified.contains(&digest) {
+        let password = password.to_string();
+        let hash = row.password_hash.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(ApiError::internal)?;
+        if !ok {
+            return Err(bad());
+        }
+        state.verified.insert(digest);
     }
     Ok(User {
         username: row.username,

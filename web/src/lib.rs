@@ -67,6 +67,7 @@ pub struct AppState {
     pub store: Store,
     pub cfg: Arc<WebConfig>,
     keys: Arc<auth::Keys>,
+    verified: Arc<auth::VerifiedCache>,
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
@@ -79,6 +80,7 @@ impl AppState {
         };
         Ok(AppState {
             keys: Arc::new(auth::Keys::new(&secret, cfg.token_ttl)),
+            verified: Arc::new(auth::VerifiedCache::new()),
             store,
             cfg: Arc::new(cfg),
             wake: None,

@@ -140,6 +140,17 @@ async fn health_needs_no_token_and_everything_else_does() {
         )
         .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{backend}: {r:?}");
+        // Verified credentials are cached (as a keyed digest): the right ones still work.
+        for _ in 0..3 {
+            let r = api
+                .client
+                .get(format!("{}/api/v2/version", api.base))
+                .basic_auth("admin", Some(ADMIN_PASSWORD))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
 
         // A viewer reads but cannot change anything.
         api.add_dag(MANUAL).await;
