@@ -243,6 +243,19 @@ pub struct TriggerDAGRunPostBody {
     pub note: Option<String>,
 }
 
+/// Run ids become directory names of the run's logs: as in Airflow, only letters,
+/// digits and `_.~:+-`, at most 250 characters.
+fn check_run_id(id: &str) -> ApiResult<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.~:+-".contains(c);
+    if id.is_empty() || id.len() > 250 || !id.chars().all(ok_char) || id.chars().all(|c| c == '.') {
+        return Err(ApiError::invalid(
+            &["body", "dag_run_id"],
+            format!("dag_run_id: use 1 to 250 letters, digits and _.~:+- characters, got {id:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Trigger a run.
 #[utoipa::path(
     post,
@@ -282,12 +295,7 @@ pub async fn trigger_dag_run(
         }
     };
     if let Some(id) = &body.dag_run_id {
-        if id.trim().is_empty() {
-            return Err(ApiError::invalid(
-                &["body", "dag_run_id"],
-                "dag_run_id: must not be empty",
-            ));
-        }
+        check_run_id(id)?;
     }
     let logical = body
         .logical_date

@@ -394,6 +394,20 @@ async fn dag_runs_trigger_list_filter_and_errors() {
             json!(["body", "logical_date"]),
             "{r:?}"
         );
+        for bad in ["", "../../escape", "a/b", "..", "spaced id"] {
+            let r = api
+                .post(
+                    "/api/v2/dags/hourly_etl/dagRuns",
+                    json!({"dag_run_id": bad}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {r:?}");
+            assert_eq!(
+                r.body["detail"][0]["loc"],
+                json!(["body", "dag_run_id"]),
+                "{r:?}"
+            );
+        }
         let r = api.post("/api/v2/dags/nope/dagRuns", json!({})).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
         assert!(r.detail().contains("nope"), "{r:?}");
