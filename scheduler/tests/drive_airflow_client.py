@@ -75,5 +75,38 @@ with af.ApiClient(cfg) as client:
     value = xcom.actual_instance.value
     assert value == {"greeting": "hello python"}, value
 
+    # More of the API through the client's own models (pydantic validates every field).
+    tries = tis.get_task_instance_tries("client_demo", "from_python", "greet")
+    assert tries.total_entries == 1 and tries.task_instances[0].state == "success", tries
+    entries = x_com_api.XComApi(client).get_xcom_entries("client_demo", "from_python", "greet")
+    assert [e.key for e in entries.xcom_entries] == ["return_value"], entries
+    dry = tis.post_clear_task_instances(
+        "client_demo",
+        af.ClearTaskInstancesBody(dag_run_id="from_python", task_ids=[af.ClearTaskInstancesBodyTaskIdsInner("greet")], dry_run=True, only_failed=False),
+    )
+    assert [t.task_id for t in dry.task_instances] == ["greet"], dry
+    marked = tis.patch_task_instance_dry_run(
+        "client_demo", "from_python", "after", af.PatchTaskInstanceBody(new_state="failed")
+    )
+    assert [t.task_id for t in marked.task_instances] == ["after"], marked
+
+    from airflow_client.client.api import variable_api, pool_api, import_error_api, backfill_api, version_api
+
+    variables = variable_api.VariableApi(client)
+    variables.post_variable(af.VariableBody(key="from_client", value="42", description="set by the client"))
+    assert variables.get_variable("from_client").value == "42"
+    assert variables.get_variables().total_entries == 1
+    pools = pool_api.PoolApi(client)
+    pools.post_pool(af.PoolBody(name="client_pool", slots=3))
+    assert {p.name for p in pools.get_pools().pools} == {"client_pool", "default_pool"}
+    assert import_error_api.ImportErrorApi(client).get_import_errors().total_entries == 0
+    assert version_api.VersionApi(client).get_version().version
+    backfill = backfill_api.BackfillApi(client).create_backfill(
+        af.BackfillPostBody(dag_id="client_demo", from_date="2024-01-01T00:00:00Z", to_date="2024-01-02T00:00:00Z")
+    )
+    assert backfill.dag_id == "client_demo", backfill
+    backfilled = runs.get_dag_runs("client_demo", run_type=["backfill"])
+    assert backfilled.total_entries == 2, backfilled
+
 print("airflow client: OK")
 sys.exit(0)

@@ -267,9 +267,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Us
     }
 }
 
-/// Paths anyone may call.
+/// Paths anyone may call. `/api/v2/version` is public in Airflow too: its Python
+/// client sends no credentials there.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/api/v2/monitor/health" | "/auth/token")
+    matches!(
+        path,
+        "/api/v2/monitor/health" | "/api/v2/version" | "/auth/token"
+    )
 }
 
 /// Authenticates every request but the public ones, and lets only admins change

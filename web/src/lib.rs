@@ -6,8 +6,8 @@
 //! (`#[utoipa::path]`) and is registered through `utoipa_axum::routes!`, so the router
 //! and `/api/v2/openapi.json` are built from the same list and cannot drift apart.
 //!
-//! Every route but `/api/v2/monitor/health` and `/auth/token` needs a bearer token or
-//! basic credentials; only admins may change anything ([`auth`]).
+//! Every route but `/api/v2/monitor/health`, `/api/v2/version` and `/auth/token` needs a
+//! bearer token or basic credentials; only admins may change anything ([`auth`]).
 
 pub mod auth;
 mod backfills;

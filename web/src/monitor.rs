@@ -94,12 +94,13 @@ pub struct VersionInfo {
     pub git_version: Option<String>,
 }
 
-/// The server's version.
+/// The server's version (no authentication, as in Airflow).
 #[utoipa::path(
     get,
     path = "/api/v2/version",
     tag = "Version",
-    responses((status = 200, description = "Version", body = VersionInfo))
+    responses((status = 200, description = "Version", body = VersionInfo)),
+    security(())
 )]
 pub async fn get_version(State(_state): State<AppState>) -> ApiResult<Json<VersionInfo>> {
     Ok(Json(VersionInfo {

@@ -66,7 +66,7 @@ async fn health_needs_no_token_and_everything_else_does() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{backend}: {r:?}");
         assert!(r.detail().contains("Not authenticated"), "{backend}: {r:?}");
         let r = api
-            .send(Method::GET, "/api/v2/version", Some("not-a-jwt"), None)
+            .send(Method::GET, "/api/v2/dags", Some("not-a-jwt"), None)
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{backend}: {r:?}");
         assert!(r.detail().contains("invalid token"), "{backend}: {r:?}");
@@ -114,8 +114,12 @@ async fn health_needs_no_token_and_everything_else_does() {
         assert_eq!(r.status, StatusCode::CREATED, "{backend}: {r:?}");
         let token = r.body["access_token"].as_str().unwrap().to_string();
         let r = api
-            .send(Method::GET, "/api/v2/version", Some(&token), None)
+            .send(Method::GET, "/api/v2/dags", Some(&token), None)
             .await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        assert_eq!(r.body["total_entries"], 0, "{backend}: {r:?}");
+        // Version is public, as in Airflow (its client sends no token there).
+        let r = api.send(Method::GET, "/api/v2/version", None, None).await;
         assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
         assert!(r.body["version"].is_string());
 
