@@ -42,8 +42,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Scheduler and executor in one process (SQLite by default): the zero-setup way to run Sluice.
-    Standalone,
+    /// Scheduler, executor and REST API in one process (SQLite by default): the zero-setup way to run Sluice.
+    /// On first start it creates the user admin with a random password and prints it once.
+    Standalone(crate::web::WebArgs),
     /// Run the scheduler with its local executor (SQLite or PostgreSQL; several may share one PostgreSQL).
     Scheduler,
     /// Database commands.
@@ -72,6 +73,11 @@ pub enum Command {
     /// Local fixture servers (Steam API, news sites, post stream) and sample data files.
     #[command(subcommand)]
     Fixtures(crate::cli_fixtures::FixturesCommand),
+    /// Serve the REST API (Airflow 3 compatible, /api/v2) without scheduling anything.
+    Web(crate::web::WebArgs),
+    /// Users of the REST API.
+    #[command(subcommand)]
+    Users(crate::web::UsersCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,7 +313,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Arc::new(Config::load(cli.config.as_deref())?);
     let registry = Registry::builtin();
     match cli.command {
-        Command::Standalone | Command::Scheduler => {
+        Command::Standalone(web) => crate::web::standalone(&cfg, registry, &web).await,
+        Command::Web(web) => crate::web::serve_api(&cfg, &web).await,
+        Command::Users(cmd) => crate::web::users(&cfg, cmd).await,
+        Command::Scheduler => {
             let store = crate::open_store(&cfg).await?;
             println!(
                 "Sluice {} — store {}, DAGs from {}, parallelism {}",

@@ -31,6 +31,14 @@ pub struct Config {
     /// the metadata store (`SLUICE_FERNET_KEY`). Never serialised.
     #[serde(skip_serializing)]
     pub fernet_key: Option<String>,
+    /// Address the REST API listens on (`sluice web`, `sluice standalone`; `--host`).
+    pub web_host: String,
+    /// Port of the REST API (`SLUICE_WEB_PORT`, `--port`; 0 picks a free one).
+    pub web_port: u16,
+    /// Signs the API's tokens (`SLUICE_JWT_SECRET`). Default: a secret generated on
+    /// first start and kept in the store, so every process of the installation agrees.
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,6 +75,9 @@ impl Default for Config {
             connections: Default::default(),
             secrets: Default::default(),
             fernet_key: None,
+            web_host: "127.0.0.1".to_string(),
+            web_port: 8080,
+            jwt_secret: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod dagbag;
 pub mod executor;
 pub mod local_run;
 pub mod scheduler;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -71,7 +72,28 @@ pub async fn run_scheduler_and_executor(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg)?);
+    run_scheduler_and_executor_woken(cfg, store, registry, shutdown, Wakers::default()).await
+}
+
+/// Notifies that wake the scheduler and the executor early (new runs, cleared tasks),
+/// for a caller in the same process such as the REST API.
+#[derive(Clone, Default)]
+pub struct Wakers {
+    pub scheduler: Arc<tokio::sync::Notify>,
+    pub executor: Arc<tokio::sync::Notify>,
+}
+
+/// [`run_scheduler_and_executor`], woken by `wakers` too.
+pub async fn run_scheduler_and_executor_woken(
+    cfg: &Config,
+    store: Store,
+    registry: Registry,
+    shutdown: CancellationToken,
+    wakers: Wakers,
+) -> anyhow::Result<()> {
+    let mut executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg)?);
+    executor.wake = wakers.executor;
+    executor.scheduler_wake = wakers.scheduler;
     let scheduler = Scheduler::new(
         store.clone(),
         DagProcessor::new(cfg.dags_folder.clone(), registry),

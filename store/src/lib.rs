@@ -8,6 +8,7 @@
 //! both); the few statements that differ — row locks, list parameters — are chosen by
 //! [`Dialect`] in `sql.rs`.
 
+pub mod api;
 mod credentials;
 mod dags;
 pub use dags::schedule_label;
@@ -32,6 +33,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, PgPool, SqlitePool};
 
+pub use api::{
+    evaluate_run, run_order_column, ti_order_column, RunFilter, TiFilter, TiSelector, TimeRange,
+    UserRow,
+};
 pub use credentials::{StoredConnection, StoredSecret};
 pub use exec::{
     checkpoint_namespace, log_path, Claimed, FinishReport, OutboxEntry, Outcome, StateProposal,

@@ -175,6 +175,19 @@ impl Store {
                         .bind(run_pk)
                         .fetch_one(&mut *tx)
                         .await?;
+                // A run queued again after it ran (cleared through the API) keeps its
+                // task instances: the cleared ones were already decided then.
+                let (existing, ready): (i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN state = 'scheduled' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                     FROM task_instance WHERE dag_run_id = $1",
+                )
+                .bind(run_pk)
+                .fetch_one(&mut *tx)
+                .await?;
+                if existing > 0 {
+                    scheduled += ready as u64;
+                    continue;
+                }
                 let tasks: Vec<_> = dag.tasks.values().collect();
                 for chunk in tasks.chunks(INSERT_CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<DbKind>::new(

@@ -32,6 +32,8 @@ pub const FAST_ENV: &[(&str, &str)] = &[
     ("SLUICE_SCHEDULER__HEARTBEAT_INTERVAL_MS", "200"),
     ("SLUICE_SCHEDULER__WORKER_TIMEOUT_MS", "3000"),
     ("SLUICE_SCHEDULER__SHUTDOWN_GRACE_MS", "1000"),
+    // `standalone` also serves the REST API: on a free port, so tests never collide.
+    ("SLUICE_WEB_PORT", "0"),
 ];
 
 /// Tests that run a scheduler take this lock, so that on a small machine they do not

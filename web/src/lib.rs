@@ -1,0 +1,224 @@
+//! Sluice's REST API: Apache Airflow 3's public `/api/v2` (paths, parameters and JSON
+//! shapes), served from the metadata store, so Airflow's clients and scripts work
+//! against Sluice. See docs/api.md.
+//!
+//! One module per resource; each handler carries its OpenAPI description
+//! (`#[utoipa::path]`) and is registered through `utoipa_axum::routes!`, so the router
+//! and `/api/v2/openapi.json` are built from the same list and cannot drift apart.
+//!
+//! Every route but `/api/v2/monitor/health`, `/api/v2/version` and `/auth/token` needs a
+//! bearer token or basic credentials; only admins may change anything ([`auth`]).
+
+pub mod auth;
+mod backfills;
+mod dag_runs;
+mod dags;
+pub mod error;
+pub mod extract;
+mod import_errors;
+mod models;
+mod monitor;
+mod pools;
+mod task_instances;
+mod variables;
+mod xcom;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use sluice_store::Store;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use auth::{create_user, generate_password, User, ADMIN, ROLES, VIEWER};
+
+/// What the API needs besides the store.
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    /// `$SLUICE_HOME/logs`: try logs, at `sluice_store::log_path(…)` below it.
+    pub logs_dir: PathBuf,
+    /// `$SLUICE_HOME/artifacts`: XCom values too large to keep in the database.
+    pub artifacts_dir: PathBuf,
+    /// Signs tokens. None: a secret generated once and kept in the store, so every
+    /// process of the installation accepts the others' tokens.
+    pub jwt_secret: Option<String>,
+    /// How long a token is valid.
+    pub token_ttl: Duration,
+}
+
+impl WebConfig {
+    pub fn new(home: &std::path::Path) -> WebConfig {
+        WebConfig {
+            logs_dir: home.join("logs"),
+            artifacts_dir: home.join("artifacts"),
+            jwt_secret: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub cfg: Arc<WebConfig>,
+    keys: Arc<auth::Keys>,
+    verified: Arc<auth::VerifiedCache>,
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl AppState {
+    /// Resolves the token secret (configured, else the store's) and builds the state.
+    pub async fn new(store: Store, cfg: WebConfig) -> anyhow::Result<AppState> {
+        let secret = match cfg.jwt_secret.clone().filter(|s| !s.trim().is_empty()) {
+            Some(s) => s,
+            None => store.shared_secret("jwt", auth::generate_secret).await?,
+        };
+        Ok(AppState {
+            keys: Arc::new(auth::Keys::new(&secret, cfg.token_ttl)),
+            verified: Arc::new(auth::VerifiedCache::new()),
+            store,
+            cfg: Arc::new(cfg),
+            wake: None,
+        })
+    }
+
+    /// Called after the API created or re-queued work (a trigger, a clear), so an
+    /// in-process scheduler and executor react at once instead of at their next tick.
+    pub fn on_new_work(mut self, wake: impl Fn() + Send + Sync + 'static) -> AppState {
+        self.wake = Some(Arc::new(wake));
+        self
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(w) = &self.wake {
+            w();
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice API",
+        description = "Apache Airflow 3 compatible REST API (`/api/v2`) of the Sluice workflow scheduler. \
+            Authenticate with `POST /auth/token` and send `Authorization: Bearer <token>`, or use HTTP basic auth.",
+        version = "2"
+    ),
+    modifiers(&SecurityAddon),
+    security(("HTTPBearer" = []), ("HTTPBasic" = [])),
+    components(schemas(error::HTTPExceptionResponse, error::HTTPValidationError, error::ValidationError))
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "HTTPBearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "HTTPBasic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}
+
+/// Every route with its OpenAPI description.
+fn api() -> OpenApiRouter<AppState> {
+    // Connections (`/api/v2/connections`) plug in here once the encrypted connection
+    // store exists: a `connections` module with the same pattern as `variables`.
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::create_token))
+        .routes(routes!(monitor::get_health))
+        .routes(routes!(monitor::get_version))
+        .routes(routes!(dags::get_dags))
+        .routes(routes!(dags::get_dag, dags::patch_dag))
+        .routes(routes!(dags::get_dag_details))
+        .routes(routes!(dag_runs::get_dag_runs, dag_runs::trigger_dag_run))
+        .routes(routes!(
+            dag_runs::get_dag_run,
+            dag_runs::patch_dag_run,
+            dag_runs::delete_dag_run
+        ))
+        .routes(routes!(dag_runs::clear_dag_run))
+        .routes(routes!(task_instances::get_task_instances))
+        .routes(routes!(
+            task_instances::get_task_instance,
+            task_instances::patch_task_instance
+        ))
+        .routes(routes!(
+            task_instances::get_mapped_task_instance,
+            task_instances::patch_task_instance_by_map_index
+        ))
+        .routes(routes!(task_instances::patch_task_instance_dry_run))
+        .routes(routes!(task_instances::get_task_instance_tries))
+        .routes(routes!(task_instances::get_task_instance_try_details))
+        .routes(routes!(task_instances::get_log))
+        .routes(routes!(task_instances::post_clear_task_instances))
+        .routes(routes!(xcom::get_xcom_entries))
+        .routes(routes!(xcom::get_xcom_entry))
+        .routes(routes!(variables::get_variables, variables::post_variable))
+        .routes(routes!(
+            variables::get_variable,
+            variables::patch_variable,
+            variables::delete_variable
+        ))
+        .routes(routes!(pools::get_pools, pools::post_pool))
+        .routes(routes!(
+            pools::get_pool,
+            pools::patch_pool,
+            pools::delete_pool
+        ))
+        .routes(routes!(import_errors::get_import_errors))
+        .routes(routes!(import_errors::get_import_error))
+        .routes(routes!(backfills::create_backfill))
+}
+
+/// The OpenAPI document of the API, as served at `/api/v2/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
+/// The API as an axum router (every route, authentication included).
+pub fn router(state: AppState) -> Router {
+    let (routes, spec) = api().split_for_parts();
+    let spec = Arc::new(spec);
+    routes
+        .route(
+            "/api/v2/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec.clone();
+                async move { axum::Json(spec.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { error::ApiError::not_found("Not Found: no such API path") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
