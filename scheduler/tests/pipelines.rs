@@ -694,3 +694,87 @@ fn steam_recent_games_walks_ids_from_the_redis_cursor_once() {
     redis_cmd(&["DEL", &key, &format!("{key}:seq")]);
     drop(server);
 }
+
+#[test]
+fn steam_news_daily_maps_over_games_and_sends_each_item_once() {
+    let _serial = common::serial();
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let redis_url = env_or("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fixtures = sluice_fixtures::Fixtures::new(Default::default());
+    let server = rt
+        .block_on(sluice_fixtures::spawn(fixtures.router(), "127.0.0.1:0"))
+        .expect("fixture server");
+    let key = sluice::checkpoints::redis_key("steam_news_daily");
+    let redis_del = || {
+        rt.block_on(async {
+            let mut c = redis::Client::open(redis_url.as_str())
+                .expect("redis")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection");
+            let _: () = redis::cmd("DEL")
+                .arg(&key)
+                .arg(format!("{key}:seq"))
+                .query_async(&mut c)
+                .await
+                .expect("DEL");
+        })
+    };
+    redis_del();
+    let tag = format!("nd{}x{}", std::process::id(), rand::random::<u32>());
+    let mut home = pipeline_sandbox("steam_news_daily.toml", &broker, &es);
+    home.set_env("SLUICE_CONN_REDIS_DEFAULT", &redis_url);
+    home.set_env("SLUICE_SECRET_STEAM_API_KEY", "fixture-key-0001");
+    let settings = json!({
+        "base_url": format!("{}/steam", server.url()), "rate_limit": "50/s",
+        "topic": tag, "index": tag,
+        "games": {"Counter-Strike 2": 730, "Dota 2": 570, "PUBG: BATTLEGROUNDS": 578080, "Apex Legends": 1172470},
+    });
+    home.ok(&[
+        "variables",
+        "set",
+        "steam_news_daily",
+        &settings.to_string(),
+    ]);
+
+    // Two runs on throwaway stores: the checkpoint in Redis carries over.
+    for round in 1..=2 {
+        let out = home
+            .ok(&["dags", "test", "steam_news_daily", "--json"])
+            .json();
+        assert_eq!(out["state"], "success", "round {round}: {out}");
+        let mapped = out["task_instances"]
+            .as_array()
+            .expect("tis")
+            .iter()
+            .filter(|t| t["task_id"] == "news")
+            .count();
+        assert_eq!(mapped, 4, "one mapped instance per game: {out}");
+    }
+    let messages = read_topic(&broker, &tag);
+    let gids: BTreeSet<&str> = messages.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert!(!messages.is_empty());
+    assert_eq!(gids.len(), messages.len(), "no news item sent twice");
+    let games: BTreeSet<i64> = messages
+        .iter()
+        .filter_map(|(_, _, v)| v["appid"].as_i64())
+        .collect();
+    assert_eq!(games.len(), 4, "news of every game: {games:?}");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let count: Value = http
+            .get(format!("{es}/{tag}/_count"))
+            .send()
+            .await
+            .expect("count")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(count["count"], messages.len(), "{count}");
+        let _ = http.delete(format!("{es}/{tag}")).send().await;
+    });
+    redis_del();
+    drop(server);
+}
