@@ -32,7 +32,7 @@ fn shipped_dags_validate() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "dags/ must validate:\n{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("8 DAG(s) valid"), "{stdout}");
+    assert!(stdout.contains("9 DAG(s) valid"), "{stdout}");
 }
 
 #[test]

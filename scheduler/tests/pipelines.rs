@@ -778,3 +778,104 @@ fn steam_news_daily_maps_over_games_and_sends_each_item_once() {
     redis_del();
     drop(server);
 }
+
+#[test]
+fn news_crawl_sends_each_article_once_and_keeps_the_ranking_in_postgres() {
+    let _serial = common::serial();
+    let broker = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+    let es = env_or("SLUICE_TEST_OPENSEARCH", "http://127.0.0.1:9200");
+    let pg = pg_admin_url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fixtures = sluice_fixtures::Fixtures::new(Default::default());
+    let server = rt
+        .block_on(sluice_fixtures::spawn(fixtures.router(), "127.0.0.1:0"))
+        .expect("fixture server");
+    let tag = format!("nc{}x{}", std::process::id(), rand::random::<u32>());
+    let mut home = pipeline_sandbox("news_crawl.toml", &broker, &es);
+    home.set_env("SLUICE_CONN_PG_DEFAULT", &pg);
+    let settings = json!({
+        "base_url": format!("{}/news", server.url()), "sites": 3,
+        "topic": tag, "index": tag, "table": tag,
+    });
+    home.ok(&["variables", "set", "news_crawl", &settings.to_string()]);
+
+    let scheduler = home.spawn(&["scheduler"]);
+    home.wait_runs(
+        "news_crawl",
+        "the first run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| r.iter().any(|r| r["state"] == "success"),
+    );
+    home.ok(&["dags", "trigger", "news_crawl"]);
+    home.wait_runs(
+        "news_crawl",
+        "the second run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter().filter(|r| r["state"] == "success").count() >= 2
+                && !r
+                    .iter()
+                    .any(|r| r["state"] == "running" || r["state"] == "queued")
+        },
+    );
+
+    let messages = read_topic(&broker, &tag);
+    let urls: BTreeSet<&str> = messages.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert!(messages.len() > 50, "{} articles", messages.len());
+    assert_eq!(
+        urls.len(),
+        messages.len(),
+        "no article sent twice across runs"
+    );
+    assert!(messages
+        .iter()
+        .all(|(_, _, v)| v["title"].as_str().is_some_and(|t| !t.is_empty())));
+    assert_eq!(
+        fixtures.news.stats.disallowed_requests(),
+        0,
+        "robots.txt-disallowed pages are never requested"
+    );
+    let (rows, categories): (i64, i64) = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&pg).await.expect("pg");
+        let r = sqlx::query_as(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT category) FROM \"{tag}\""
+        ))
+        .fetch_one(&mut c)
+        .await
+        .expect("count");
+        // The ranking query of the DAG's header works on what was written.
+        let top: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT category, views FROM (SELECT *, row_number() OVER \
+             (PARTITION BY category ORDER BY views DESC) AS rank FROM \"{tag}\") t \
+             WHERE rank = 1 ORDER BY category"
+        ))
+        .fetch_all(&mut c)
+        .await
+        .expect("ranking");
+        assert_eq!(top.len(), 7, "{top:?}");
+        sqlx::query(&format!("DROP TABLE \"{tag}\""))
+            .execute(&mut c)
+            .await
+            .expect("drop");
+        r
+    });
+    assert_eq!(rows as usize, urls.len());
+    assert_eq!(categories, 7);
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let count: Value = http
+            .get(format!("{es}/{tag}/_count"))
+            .send()
+            .await
+            .expect("count")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(count["count"], urls.len(), "{count}");
+        let _ = http.delete(format!("{es}/{tag}")).send().await;
+    });
+    drop(server);
+}
