@@ -45,6 +45,12 @@ pub async fn api_state(cfg: &Config, store: Store) -> anyhow::Result<AppState> {
     web.logs_dir = cfg.logs_dir();
     web.artifacts_dir = cfg.artifacts_dir();
     web.jwt_secret = cfg.jwt_secret.clone();
+    web.vault = crate::credentials::vault(cfg.fernet_key.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
+    web.connections =
+        sluice_tasks::Connections::load(&cfg.connections).map_err(anyhow::Error::msg)?;
+    web.secrets = sluice_tasks::Secrets::load(&cfg.secrets);
     AppState::new(store, web).await
 }
 

@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod backfills;
+mod connections;
 mod dag_runs;
 mod dags;
 pub mod error;
@@ -48,6 +49,14 @@ pub struct WebConfig {
     pub jwt_secret: Option<String>,
     /// How long a token is valid.
     pub token_ttl: Duration,
+    /// Encrypts and decrypts connections (and reads secrets) kept in the store; from
+    /// `fernet_key` / `SLUICE_FERNET_KEY`. None: connections cannot be created or changed.
+    pub vault: Option<Arc<sluice_tasks::Vault>>,
+    /// Connections from `SLUICE_CONN_*` and sluice.toml: listed read-only.
+    pub connections: sluice_tasks::Connections,
+    /// Secrets from `SLUICE_SECRET_*` and sluice.toml: only their values are used, to
+    /// mask them in XCom values.
+    pub secrets: sluice_tasks::Secrets,
 }
 
 impl WebConfig {
@@ -57,6 +66,9 @@ impl WebConfig {
             artifacts_dir: home.join("artifacts"),
             jwt_secret: None,
             token_ttl: Duration::from_secs(24 * 3600),
+            vault: None,
+            connections: Default::default(),
+            secrets: Default::default(),
         }
     }
 }
@@ -138,8 +150,6 @@ impl utoipa::Modify for SecurityAddon {
 
 /// Every route with its OpenAPI description.
 fn api() -> OpenApiRouter<AppState> {
-    // Connections (`/api/v2/connections`) plug in here once the encrypted connection
-    // store exists: a `connections` module with the same pattern as `variables`.
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::create_token))
         .routes(routes!(monitor::get_health))
@@ -175,6 +185,15 @@ fn api() -> OpenApiRouter<AppState> {
             variables::get_variable,
             variables::patch_variable,
             variables::delete_variable
+        ))
+        .routes(routes!(
+            connections::get_connections,
+            connections::post_connection
+        ))
+        .routes(routes!(
+            connections::get_connection,
+            connections::patch_connection,
+            connections::delete_connection
         ))
         .routes(routes!(pools::get_pools, pools::post_pool))
         .routes(routes!(

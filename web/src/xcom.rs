@@ -179,10 +179,16 @@ pub async fn get_xcom_entry(
             })?
         }
     };
+    // A task may have returned a secret or a password: never show one.
+    let masker = crate::connections::masker(&state).await?;
+    let text = value.to_string();
+    let masked = masker.mask(&text);
     let value = if stringify {
-        Value::String(value.to_string())
-    } else {
+        Value::String(masked)
+    } else if masked == text {
         value
+    } else {
+        serde_json::from_str(&masked).unwrap_or(Value::String(masked))
     };
     let times = state.store.xcom_times(run.id).await?;
     let at = times

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{both, into_resp, ADMIN_PASSWORD};
+use common::{both, both_without_key, into_resp, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -991,6 +991,8 @@ async fn openapi_json_parses_and_lists_the_paths() {
         "/api/v2/dags/{dag_id}/clearTaskInstances",
         "/api/v2/variables",
         "/api/v2/variables/{variable_key}",
+        "/api/v2/connections",
+        "/api/v2/connections/{connection_id}",
         "/api/v2/pools",
         "/api/v2/pools/{pool_name}",
         "/api/v2/importErrors",
@@ -1122,6 +1124,294 @@ async fn mapped_task_instances_by_map_index() {
             .map(|t| t["try_number"].as_i64().unwrap())
             .collect();
         assert_eq!(tries, [1, 2, 1], "{each}");
+        api.stop().await;
+    }
+}
+
+const PASSWORD: &str = "Pa55/w0rd@secret";
+
+#[tokio::test]
+async fn connections_are_stored_encrypted_and_never_show_a_password() {
+    for (backend, api) in both().await {
+        let body = json!({
+            "connection_id": "warehouse",
+            "conn_type": "postgres",
+            "description": "the warehouse",
+            "host": "db.example.com",
+            "login": "etl",
+            "schema": "analytics",
+            "port": 5432,
+            "password": PASSWORD,
+            "extra": "{\"sslmode\": \"require\", \"api_token\": \"tok-123456\"}"
+        });
+        let r = api.post("/api/v2/connections", body.clone()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{backend}: {r:?}");
+        assert_eq!(r.body["password"], "***", "{backend}: {r:?}");
+        assert!(
+            !r.text.contains(PASSWORD) && !r.text.contains("tok-123456"),
+            "{r:?}"
+        );
+        // Also one without a password.
+        let r = api
+            .post(
+                "/api/v2/connections",
+                json!({"connection_id": "cache", "conn_type": "redis", "host": "cache", "port": 6379}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{backend}: {r:?}");
+        assert_eq!(r.body["password"], Value::Null, "{r:?}");
+
+        let list = api.get("/api/v2/connections").await;
+        assert_eq!(list.status, StatusCode::OK, "{backend}: {list:?}");
+        assert_eq!(list.body["total_entries"], 2, "{list:?}");
+        assert_eq!(
+            ids(&list.body, "connections", "connection_id"),
+            ["cache", "warehouse"]
+        );
+        assert!(!list.text.contains(PASSWORD), "{backend}: {list:?}");
+        let desc = api
+            .ok("/api/v2/connections?order_by=-connection_id&limit=1")
+            .await;
+        assert_eq!(ids(&desc, "connections", "connection_id"), ["warehouse"]);
+
+        let one = api.get("/api/v2/connections/warehouse").await;
+        assert_eq!(one.status, StatusCode::OK, "{backend}: {one:?}");
+        assert!(!one.text.contains(PASSWORD), "{backend}: {one:?}");
+        let c = &one.body;
+        assert_eq!(
+            (
+                c["conn_type"].clone(),
+                c["host"].clone(),
+                c["port"].clone(),
+                c["login"].clone(),
+                c["schema"].clone(),
+                c["password"].clone(),
+                c["description"].clone()
+            ),
+            (
+                json!("postgres"),
+                json!("db.example.com"),
+                json!(5432),
+                json!("etl"),
+                json!("analytics"),
+                json!("***"),
+                json!("the warehouse")
+            ),
+            "{backend}: {c}"
+        );
+        let extra: Value = serde_json::from_str(c["extra"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            extra,
+            json!({"sslmode": "require", "api_token": "***"}),
+            "{backend}"
+        );
+
+        // The store holds the URI encrypted; the key reads it back.
+        let stored = api.store.stored_connections().await.unwrap();
+        let row = stored.iter().find(|s| s.conn_id == "warehouse").unwrap();
+        assert!(!row.uri_encrypted.contains(PASSWORD) && !row.uri_encrypted.contains("Pa55"));
+        let stored_password = |api: &common::TestApi, rows: &[sluice_store::StoredConnection]| {
+            let row = rows.iter().find(|s| s.conn_id == "warehouse").unwrap();
+            let uri = api.vault().decrypt(&row.uri_encrypted).unwrap();
+            sluice_tasks::Connection::parse("warehouse", &uri).unwrap()
+        };
+        let parsed = stored_password(&api, &stored);
+        assert_eq!(parsed.password.as_deref(), Some(PASSWORD), "{backend}");
+        assert_eq!(
+            parsed.extra.get("api_token").map(String::as_str),
+            Some("tok-123456")
+        );
+
+        // PATCH with the masked password (as a GET showed it) keeps the password.
+        let mut patch = c.clone();
+        patch["host"] = json!("db2.example.com");
+        let r = api.patch("/api/v2/connections/warehouse", patch).await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        assert_eq!(
+            (r.body["host"].clone(), r.body["password"].clone()),
+            (json!("db2.example.com"), json!("***"))
+        );
+        let parsed = stored_password(&api, &api.store.stored_connections().await.unwrap());
+        assert_eq!(parsed.password.as_deref(), Some(PASSWORD), "{backend}");
+        assert_eq!(parsed.host.as_deref(), Some("db2.example.com"));
+        assert_eq!(
+            parsed.extra.get("api_token").map(String::as_str),
+            Some("tok-123456")
+        );
+        // update_mask: only the password changes.
+        let r = api
+            .patch(
+                "/api/v2/connections/warehouse?update_mask=password",
+                json!({"connection_id": "warehouse", "conn_type": "x", "password": "n3w-pass"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        assert_eq!(r.body["conn_type"], "postgres", "{r:?}");
+        let parsed = stored_password(&api, &api.store.stored_connections().await.unwrap());
+        assert_eq!(parsed.password.as_deref(), Some("n3w-pass"), "{backend}");
+        assert_eq!(parsed.host.as_deref(), Some("db2.example.com"));
+
+        // Duplicates, unknown ids, viewers.
+        let r = api.post("/api/v2/connections", body.clone()).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{backend}: {r:?}");
+        let r = api.get("/api/v2/connections/nope").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{backend}: {r:?}");
+        let r = api
+            .patch(
+                "/api/v2/connections/nope",
+                json!({"connection_id": "nope", "conn_type": "http"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{backend}: {r:?}");
+        let r = api.delete("/api/v2/connections/nope").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{backend}: {r:?}");
+        let mut other = body.clone();
+        other["connection_id"] = json!("viewer_made");
+        let r = api
+            .send(
+                Method::POST,
+                "/api/v2/connections",
+                Some(&api.viewer.clone()),
+                Some(other),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{backend}: {r:?}");
+        let r = api
+            .send(
+                Method::DELETE,
+                "/api/v2/connections/cache",
+                Some(&api.viewer.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{backend}: {r:?}");
+        let r = api
+            .send(
+                Method::GET,
+                "/api/v2/connections/cache",
+                Some(&api.viewer.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        let r = api
+            .post(
+                "/api/v2/connections",
+                json!({"connection_id": "bad id", "conn_type": "http"}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{backend}: {r:?}"
+        );
+
+        let r = api.delete("/api/v2/connections/cache").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{backend}: {r:?}");
+        assert_eq!(api.ok("/api/v2/connections").await["total_entries"], 1);
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn connections_without_a_key_fail_clearly() {
+    for (backend, api) in both_without_key().await {
+        let r = api
+            .post(
+                "/api/v2/connections",
+                json!({"connection_id": "c", "conn_type": "http", "host": "h", "password": "pw123456"}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{backend}: {r:?}"
+        );
+        assert!(r.detail().contains("SLUICE_FERNET_KEY"), "{backend}: {r:?}");
+        // A connection stored with a key this API does not have is listed, unreadable.
+        let vault = sluice_tasks::Vault::new(&sluice_tasks::Vault::generate_key()).unwrap();
+        api.store
+            .put_connection("old", "http", None, &vault.encrypt("http://u:pw123456@h"))
+            .await
+            .unwrap();
+        let r = api
+            .patch(
+                "/api/v2/connections/old",
+                json!({"connection_id": "old", "conn_type": "http"}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{backend}: {r:?}"
+        );
+        assert!(r.detail().contains("SLUICE_FERNET_KEY"), "{backend}: {r:?}");
+        let list = api.get("/api/v2/connections").await;
+        assert_eq!(list.body["total_entries"], 1, "{backend}: {list:?}");
+        assert!(!list.text.contains("pw123456"), "{list:?}");
+        api.stop().await;
+    }
+}
+
+const LEAKY: &str = r#"
+[dag]
+id = "leaky"
+schedule = "None"
+[tasks.leak]
+kind = "shell"
+command = "echo '{\"token\": \"xcom-s3cret-value\", \"dsn\": \"postgres://u:conn-pa55word@db/x\", \"n\": 1}'"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xcom_values_never_show_a_secret() {
+    for (backend, mut api) in both().await {
+        api.write_dag("leaky.toml", LEAKY);
+        api.start_scheduler(4096);
+        api.wait_for("/api/v2/dags", Duration::from_secs(30), |b| {
+            b["total_entries"] == 1
+        })
+        .await;
+        let r = api
+            .post("/api/v2/dags/leaky/dagRuns", json!({"dag_run_id": "r1"}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        api.wait_for(
+            "/api/v2/dags/leaky/dagRuns/r1",
+            Duration::from_secs(60),
+            |r| r["state"] == "success",
+        )
+        .await;
+        let path = "/api/v2/dags/leaky/dagRuns/r1/taskInstances/leak/xcomEntries/return_value";
+        let x = api.ok(path).await;
+        assert_eq!(x["value"]["token"], "xcom-s3cret-value", "{backend}: {x}");
+        // Once they are known secrets, the values are masked.
+        let secret = api.vault().encrypt("xcom-s3cret-value");
+        api.store
+            .put_secret("api_token", &secret, None)
+            .await
+            .unwrap();
+        let r = api
+            .post(
+                "/api/v2/connections",
+                json!({"connection_id": "db", "conn_type": "postgres", "host": "db", "login": "u",
+                       "password": "conn-pa55word"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{backend}: {r:?}");
+        let r = api.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{backend}: {r:?}");
+        assert!(
+            !r.text.contains("xcom-s3cret-value") && !r.text.contains("conn-pa55word"),
+            "{backend}: {r:?}"
+        );
+        assert_eq!(
+            r.body["value"],
+            json!({"token": "***", "dsn": "postgres://u:***@db/x", "n": 1}),
+            "{backend}: {r:?}"
+        );
+        let r = api.get(&format!("{path}?stringify=true")).await;
+        assert!(!r.text.contains("xcom-s3cret-value"), "{backend}: {r:?}");
+        assert!(r.body["value"].as_str().unwrap().contains("***"), "{r:?}");
         api.stop().await;
     }
 }

@@ -25,6 +25,8 @@ pub struct TestApi {
     pub home: tempfile::TempDir,
     pub admin: String,
     pub viewer: String,
+    /// The Fernet key the API encrypts connections with (None: none configured).
+    pub fernet_key: Option<String>,
     stop: CancellationToken,
     scheduler: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     wakers: sluice::Wakers,
@@ -54,7 +56,7 @@ impl std::fmt::Debug for Resp {
     }
 }
 
-/// Both backends, each with its own API server.
+/// Both backends, each with its own API server (with a Fernet key).
 pub async fn both() -> Vec<(&'static str, TestApi)> {
     let mut out = Vec::new();
     for (name, db) in TestDb::both().await {
@@ -63,8 +65,26 @@ pub async fn both() -> Vec<(&'static str, TestApi)> {
     out
 }
 
+/// Both backends, with an API that has no Fernet key configured.
+pub async fn both_without_key() -> Vec<(&'static str, TestApi)> {
+    let mut out = Vec::new();
+    for (name, db) in TestDb::both().await {
+        out.push((name, TestApi::start_with(db, None).await));
+    }
+    out
+}
+
 impl TestApi {
     pub async fn start(db: TestDb) -> TestApi {
+        TestApi::start_with(db, Some(sluice_tasks::Vault::generate_key())).await
+    }
+
+    /// The vault of this API's key.
+    pub fn vault(&self) -> sluice_tasks::Vault {
+        sluice_tasks::Vault::new(self.fernet_key.as_deref().expect("a key")).unwrap()
+    }
+
+    pub async fn start_with(db: TestDb, fernet_key: Option<String>) -> TestApi {
         let store = db.store.clone();
         let home = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(home.path().join("dags")).unwrap();
@@ -80,7 +100,11 @@ impl TestApi {
         );
         let wakers = sluice::Wakers::default();
         let (sw, ew) = (wakers.scheduler.clone(), wakers.executor.clone());
-        let state = AppState::new(store.clone(), WebConfig::new(home.path()))
+        let mut web = WebConfig::new(home.path());
+        web.vault = fernet_key
+            .as_deref()
+            .map(|k| std::sync::Arc::new(sluice_tasks::Vault::new(k).unwrap()));
+        let state = AppState::new(store.clone(), web)
             .await
             .expect("state")
             .on_new_work(move || {
@@ -104,6 +128,7 @@ impl TestApi {
             home,
             admin: String::new(),
             viewer: String::new(),
+            fernet_key,
             stop,
             scheduler: None,
             wakers,
@@ -207,6 +232,7 @@ impl TestApi {
             parallelism: 4,
             xcom_inline_max_bytes,
             dags_paused_at_creation: false,
+            fernet_key: self.fernet_key.clone(),
             scheduler: sluice::config::SchedulerConfig {
                 loop_interval_ms: 50,
                 dag_refresh_interval_ms: 100,
