@@ -285,8 +285,15 @@ impl Store {
             .await?
             .into_iter()
             .collect();
+            // Read more than `limit`: some candidates may be blocked by a cap.
+            let candidates: Vec<CandidateRow> = sqlx::query_as(&candidates_q)
+                .bind(ts)
+                .bind((limit * 4) as i64)
+                .fetch_all(&mut *tx)
+                .await?;
             // Mapped tasks with `map_concurrency`: active instances per (run, task).
-            let mut task_active: HashMap<(i64, String), i64> =
+            // Read only when a candidate has a cap: most claims have none.
+            let mut task_active: HashMap<(i64, String), i64> = if candidates.iter().any(|c| c.6.is_some()) {
                 sqlx::query_as::<_, (i64, String, i64)>(&format!(
                     "SELECT dag_run_id, task_id, COUNT(*) FROM task_instance \
                      WHERE state IN {ACTIVE_TI_STATES} AND max_active_per_run IS NOT NULL \
@@ -296,13 +303,10 @@ impl Store {
                 .await?
                 .into_iter()
                 .map(|(r, t, n)| ((r, t), n))
-                .collect();
-            // Read more than `limit`: some candidates may be blocked by a cap.
-            let candidates: Vec<CandidateRow> = sqlx::query_as(&candidates_q)
-                .bind(ts)
-                .bind((limit * 4) as i64)
-                .fetch_all(&mut *tx)
-                .await?;
+                .collect()
+            } else {
+                HashMap::new()
+            };
             let mut chosen = Vec::new();
             let mut missing_pool = std::collections::HashSet::new();
             for (id, run_pk, pool_name, slots, max_active_tasks, task_id, per_task_cap) in candidates {
