@@ -88,6 +88,37 @@ pub fn read_xcom(value: &XcomValue, artifacts_dir: &Path) -> Result<Value, Strin
     }
 }
 
+/// Why a context could not be built, and whether trying again may help.
+#[derive(Debug)]
+pub struct ContextError {
+    pub message: String,
+    /// A server (the store, Redis) could not be read; a missing XCom, variable or
+    /// secret will not appear by retrying.
+    pub retryable: bool,
+}
+
+impl ContextError {
+    fn unavailable(message: String) -> ContextError {
+        ContextError {
+            message,
+            retryable: true,
+        }
+    }
+
+    fn missing(message: String) -> ContextError {
+        ContextError {
+            message,
+            retryable: false,
+        }
+    }
+}
+
+impl std::fmt::Display for ContextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Builds the context for rendering `args`. Errors name what is missing: an XCom a
 /// template reads that no task pushed, or an unset variable.
 pub async fn build(
@@ -97,7 +128,7 @@ pub async fn build(
     secrets: &Secrets,
     info: &RunInfo<'_>,
     args: &Value,
-) -> Result<JValue, String> {
+) -> Result<JValue, ContextError> {
     let mut refs = HashSet::new();
     collect_refs(templates, args, &mut refs);
     let mut ctx = BTreeMap::<String, JValue>::new();
@@ -172,7 +203,11 @@ pub async fn build(
         .iter()
         .any(|r| r == "checkpoint" || r.starts_with("checkpoint."))
     {
-        let values = info.checkpoints.current(info.dag).await?;
+        let values = info
+            .checkpoints
+            .current(info.dag)
+            .await
+            .map_err(ContextError::unavailable)?;
         ctx.insert("checkpoint".into(), JValue::from_serialize(&values));
     }
 
@@ -183,10 +218,10 @@ pub async fn build(
             let rows = store
                 .xcoms(run_pk, (!xcom_dynamic).then_some(xcom_tasks.as_slice()))
                 .await
-                .map_err(|e| format!("cannot read XComs: {e}"))?;
+                .map_err(|e| ContextError::unavailable(format!("cannot read XComs: {e}")))?;
             for row in rows.iter().filter(|r| r.key == "return_value") {
                 let v = read_xcom(&row.value, artifacts_dir)
-                    .map_err(|e| format!("xcom.{}: {e}", row.task_id))?;
+                    .map_err(|e| ContextError::unavailable(format!("xcom.{}: {e}", row.task_id)))?;
                 if row.map_index >= 0 {
                     let slot = values
                         .entry(row.task_id.clone())
@@ -201,11 +236,11 @@ pub async fn build(
         }
         for t in &xcom_tasks {
             if !values.contains_key(t) {
-                return Err(format!(
+                return Err(ContextError::missing(format!(
                     "xcom.{t} does not exist: task `{t}` pushed no XCom value in run {} \
                      (it returned nothing, or has not run)",
                     info.run_id
-                ));
+                )));
             }
         }
         ctx.insert("xcom".into(), JValue::from_serialize(&values));
@@ -216,10 +251,10 @@ pub async fn build(
         let all = secrets.for_templates();
         for name in &secret_names {
             if !all.contains_key(name) {
-                return Err(format!(
+                return Err(ContextError::missing(format!(
                     "secret `{name}` is not set: set SLUICE_SECRET_{}, add it under [secrets] in sluice.toml, or store it with `sluice secrets set {name}`",
                     name.to_uppercase()
-                ));
+                )));
             }
         }
         ctx.insert("secrets".into(), JValue::from_serialize(&all));
@@ -230,7 +265,7 @@ pub async fn build(
         let vars = store
             .variables()
             .await
-            .map_err(|e| format!("cannot read variables: {e}"))?;
+            .map_err(|e| ContextError::unavailable(format!("cannot read variables: {e}")))?;
         let mut value = Map::new();
         let mut json = Map::new();
         for v in vars {
@@ -249,7 +284,9 @@ pub async fn build(
                         } else {
                             "is not set"
                         };
-                        return Err(format!("variable `{name}` {why} (read as {prefix}{name})"));
+                        return Err(ContextError::missing(format!(
+                            "variable `{name}` {why} (read as {prefix}{name})"
+                        )));
                     }
                 }
             }

@@ -769,9 +769,7 @@ impl Executor {
         .await
         .map_err(|e| Outcome::Failed {
             error: format!("cannot render templates: {e}"),
-            // Missing XComs and variables will not appear by retrying, but an
-            // unreachable Redis or store may come back.
-            retryable: e.contains("Redis") || e.contains("cannot read"),
+            retryable: e.retryable,
         })
     }
 

@@ -132,15 +132,7 @@ async fn steam_current_players_reaches_kafka_elasticsearch_and_postgres_without_
     // Elasticsearch: one document per distinct record, searchable and aggregatable.
     let http = reqwest::Client::new();
     let index = format!("{prefix}-20261122");
-    let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
-    let count: Value = http
-        .get(format!("{es}/{index}/_count"))
-        .send()
-        .await
-        .expect("count")
-        .json()
-        .await
-        .expect("json");
+    let count = es_count(&es, &index).await;
     assert_eq!(count["count"], records.len(), "{count}");
     let agg: Value = http
         .post(format!("{es}/{index}/_search"))
@@ -347,6 +339,47 @@ fn file_ingest_indexes_every_file_once_through_a_killed_scheduler_and_archives_i
     });
 }
 
+/// Refreshes `index` and counts its documents (`_count`'s answer).
+async fn es_count(es: &str, index: &str) -> Value {
+    let http = reqwest::Client::new();
+    let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
+    http.get(format!("{es}/{index}/_count"))
+        .send()
+        .await
+        .expect("count")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Starts a scheduler, waits for the DAG's first successful run, triggers a second and
+/// waits until it succeeded and nothing is left running. Returns the scheduler (kept
+/// alive by the caller) and the DAG's runs, newest first.
+fn two_successful_runs(home: &Sandbox, dag_id: &str) -> (common::Daemon, Vec<Value>) {
+    let scheduler = home.spawn(&["scheduler"]);
+    home.wait_runs(
+        dag_id,
+        "the first run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| r.iter().any(|r| r["state"] == "success"),
+    );
+    home.ok(&["dags", "trigger", dag_id]);
+    let runs = home.wait_runs(
+        dag_id,
+        "the second run to succeed",
+        Duration::from_secs(120),
+        &[&scheduler],
+        |r| {
+            r.iter().filter(|r| r["state"] == "success").count() >= 2
+                && !r
+                    .iter()
+                    .any(|r| r["state"] == "running" || r["state"] == "queued")
+        },
+    );
+    (scheduler, runs)
+}
+
 /// A sandbox whose DAG folder holds only `dag_file` from the repository, with the Kafka
 /// and Elasticsearch connections of the test servers.
 fn pipeline_sandbox(dag_file: &str, broker: &str, es: &str) -> Sandbox {
@@ -378,28 +411,8 @@ fn csv_catalog_indexes_rows_once_and_answers_aggregations() {
     ]);
     age_files(std::slice::from_ref(&csv));
 
-    let scheduler = home.spawn(&["scheduler"]);
-    home.wait_runs(
-        "csv_catalog",
-        "the first run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| r.iter().any(|r| r["state"] == "success"),
-    );
     // A second run finds no new file: it sends nothing, and archives the first file.
-    home.ok(&["dags", "trigger", "csv_catalog"]);
-    home.wait_runs(
-        "csv_catalog",
-        "the second run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| {
-            r.iter().filter(|r| r["state"] == "success").count() >= 2
-                && !r
-                    .iter()
-                    .any(|r| r["state"] == "running" || r["state"] == "queued")
-        },
-    );
+    let (_scheduler, _runs) = two_successful_runs(&home, "csv_catalog");
 
     let messages = read_topic(&broker, &tag);
     assert_eq!(messages.len(), 1500, "each row published once");
@@ -497,28 +510,9 @@ fn keyword_stream_indexes_heavy_posts_once_with_a_redis_cursor() {
     });
     home.ok(&["variables", "set", "keyword_stream", &settings.to_string()]);
 
-    let scheduler = home.spawn(&["scheduler"]);
-    let runs = home.wait_runs(
-        "keyword_stream",
-        "the first run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| r.iter().any(|r| r["state"] == "success"),
-    );
-    let day = runs[0]["logical_date"].as_str().expect("logical date")[..10].replace('-', "");
-    home.ok(&["dags", "trigger", "keyword_stream"]);
-    home.wait_runs(
-        "keyword_stream",
-        "the second run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| {
-            r.iter().filter(|r| r["state"] == "success").count() >= 2
-                && !r
-                    .iter()
-                    .any(|r| r["state"] == "running" || r["state"] == "queued")
-        },
-    );
+    let (_scheduler, runs) = two_successful_runs(&home, "keyword_stream");
+    let first = runs.last().expect("the first run");
+    let day = first["logical_date"].as_str().expect("logical date")[..10].replace('-', "");
 
     // Kafka has each post once: the second run asked only for posts newer than the cursor.
     let messages = read_topic(&broker, &tag);
@@ -555,15 +549,7 @@ fn keyword_stream_indexes_heavy_posts_once_with_a_redis_cursor() {
     rt.block_on(async {
         let http = reqwest::Client::new();
         let index = format!("{tag}-{day}");
-        let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
-        let count: Value = http
-            .get(format!("{es}/{index}/_count"))
-            .send()
-            .await
-            .expect("count")
-            .json()
-            .await
-            .expect("json");
+        let count = es_count(&es, &index).await;
         assert_eq!(count["count"], 250, "{count}");
         let _ = http.delete(format!("{es}/{index}")).send().await;
     });
@@ -616,27 +602,7 @@ fn steam_recent_games_walks_ids_from_the_redis_cursor_once() {
         &settings.to_string(),
     ]);
 
-    let scheduler = home.spawn(&["scheduler"]);
-    home.wait_runs(
-        "steam_recent_games",
-        "the first run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| r.iter().any(|r| r["state"] == "success"),
-    );
-    home.ok(&["dags", "trigger", "steam_recent_games"]);
-    home.wait_runs(
-        "steam_recent_games",
-        "the second run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| {
-            r.iter().filter(|r| r["state"] == "success").count() >= 2
-                && !r
-                    .iter()
-                    .any(|r| r["state"] == "running" || r["state"] == "queued")
-        },
-    );
+    let (_scheduler, _runs) = two_successful_runs(&home, "steam_recent_games");
     let successes = home
         .runs("steam_recent_games")
         .expect("runs")
@@ -678,15 +644,7 @@ fn steam_recent_games_walks_ids_from_the_redis_cursor_once() {
     rt.block_on(async {
         let http = reqwest::Client::new();
         let index = format!("{tag}-player-summaries");
-        let _ = http.post(format!("{es}/{index}/_refresh")).send().await;
-        let count: Value = http
-            .get(format!("{es}/{index}/_count"))
-            .send()
-            .await
-            .expect("count")
-            .json()
-            .await
-            .expect("json");
+        let count = es_count(&es, &index).await;
         assert_eq!(count["count"], summaries.len(), "{count}");
         let _ = http.delete(format!("{es}/{index}")).send().await;
         let _ = http.delete(format!("{es}/{tag}-recent-games")).send().await;
@@ -764,14 +722,7 @@ fn steam_news_daily_maps_over_games_and_sends_each_item_once() {
     assert_eq!(games.len(), 4, "news of every game: {games:?}");
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let count: Value = http
-            .get(format!("{es}/{tag}/_count"))
-            .send()
-            .await
-            .expect("count")
-            .json()
-            .await
-            .expect("json");
+        let count = es_count(&es, &tag).await;
         assert_eq!(count["count"], messages.len(), "{count}");
         let _ = http.delete(format!("{es}/{tag}")).send().await;
     });
@@ -799,27 +750,7 @@ fn news_crawl_sends_each_article_once_and_keeps_the_ranking_in_postgres() {
     });
     home.ok(&["variables", "set", "news_crawl", &settings.to_string()]);
 
-    let scheduler = home.spawn(&["scheduler"]);
-    home.wait_runs(
-        "news_crawl",
-        "the first run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| r.iter().any(|r| r["state"] == "success"),
-    );
-    home.ok(&["dags", "trigger", "news_crawl"]);
-    home.wait_runs(
-        "news_crawl",
-        "the second run to succeed",
-        Duration::from_secs(120),
-        &[&scheduler],
-        |r| {
-            r.iter().filter(|r| r["state"] == "success").count() >= 2
-                && !r
-                    .iter()
-                    .any(|r| r["state"] == "running" || r["state"] == "queued")
-        },
-    );
+    let (_scheduler, _runs) = two_successful_runs(&home, "news_crawl");
 
     let messages = read_topic(&broker, &tag);
     let urls: BTreeSet<&str> = messages.iter().map(|(_, k, _)| k.as_str()).collect();
@@ -866,14 +797,7 @@ fn news_crawl_sends_each_article_once_and_keeps_the_ranking_in_postgres() {
     assert_eq!(categories, 7);
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let count: Value = http
-            .get(format!("{es}/{tag}/_count"))
-            .send()
-            .await
-            .expect("count")
-            .json()
-            .await
-            .expect("json");
+        let count = es_count(&es, &tag).await;
         assert_eq!(count["count"], urls.len(), "{count}");
         let _ = http.delete(format!("{es}/{tag}")).send().await;
     });
