@@ -19,7 +19,11 @@ use sluice_tasks::Registry;
 use crate::config::Config;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Other benchmarks (without one: the scheduler's overhead with noop DAGs).
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Where to measure: `sqlite` (a temporary file) or a PostgreSQL URL, on which a
     /// fresh database is created and dropped afterwards. Repeat to measure several.
     #[arg(long = "database", default_value = "sqlite")]
@@ -38,6 +42,13 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The news_crawl DAG's crawl against the news fixture (30 sites × 7 categories, 50 ms
+    /// per page): wall time with the DAG's concurrency against a serial crawl.
+    NewsCrawl(crate::bench_crawl::CrawlBenchArgs),
+}
+
 struct Measurement {
     database: String,
     shape: String,
@@ -49,6 +60,9 @@ struct Measurement {
 }
 
 pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchCommand::NewsCrawl(crawl)) = args.command {
+        return crate::bench_crawl::run(cfg, crawl).await;
+    }
     let mut results = Vec::new();
     for db in &args.databases {
         let (url, cleanup) = prepare_database(db).await?;

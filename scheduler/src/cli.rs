@@ -46,7 +46,11 @@ pub enum Command {
     /// On first start it creates the user admin with a random password and prints it once.
     Standalone(crate::web::WebArgs),
     /// Run the scheduler with its local executor (SQLite or PostgreSQL; several may share one PostgreSQL).
-    Scheduler,
+    /// With --no-executor it only schedules, and `sluice worker` processes run the tasks.
+    Scheduler(SchedulerArgs),
+    /// Run an executor only: claim task instances from the shared store and run them (no
+    /// scheduling). Start as many as you like against one PostgreSQL database.
+    Worker(MetricsArgs),
     /// Database commands.
     #[command(subcommand)]
     Db(DbCommand),
@@ -78,6 +82,27 @@ pub enum Command {
     /// Users of the REST API.
     #[command(subcommand)]
     Users(crate::web::UsersCommand),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SchedulerArgs {
+    /// Schedule only; leave running tasks to `sluice worker` processes
+    /// (also `scheduler_executor = false` in sluice.toml, SLUICE_SCHEDULER_EXECUTOR=false).
+    #[arg(long)]
+    pub no_executor: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: SLUICE_METRICS_PORT;
+    /// none when unset; 0 picks a free port).
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+    /// Address of the metrics endpoint (default: SLUICE_METRICS_HOST, else the API's host).
+    #[arg(long)]
+    pub metrics_host: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +334,75 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// `sluice scheduler` and `sluice worker`: the loops asked for, and a metrics endpoint
+/// when a port is configured.
+async fn run_process(
+    cfg: &Config,
+    registry: Registry,
+    scheduler: bool,
+    executor: bool,
+    args: &MetricsArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::open_store(cfg).await?;
+    let what = match (scheduler, executor) {
+        (true, true) => "scheduler and executor",
+        (true, false) => "scheduler (no executor: tasks run on `sluice worker` processes)",
+        _ => "worker",
+    };
+    println!(
+        "Sluice {} {what} — store {}, DAGs from {}, parallelism {}",
+        env!("CARGO_PKG_VERSION"),
+        store.url(),
+        cfg.dags_folder.display(),
+        if executor { cfg.parallelism } else { 0 }
+    );
+    let shutdown = crate::shutdown_on_signals();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let port = args.metrics_port.or(cfg.metrics_port);
+    let server = match port {
+        None => None,
+        Some(port) => {
+            let host = args
+                .metrics_host
+                .clone()
+                .or_else(|| cfg.metrics_host.clone())
+                .unwrap_or_else(|| cfg.web_host.clone());
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {host}:{port} for metrics (use --metrics-port or SLUICE_METRICS_PORT)")
+                })?;
+            println!("Metrics at http://{}/metrics", listener.local_addr()?);
+            // Workers leave the store gauges to the scheduler and the API: every
+            // exporter of them reports the same numbers.
+            let store = scheduler.then(|| store.clone());
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                store,
+                shutdown.clone(),
+            )))
+        }
+    };
+    let roles = crate::Roles {
+        scheduler,
+        executor,
+        metrics,
+        ..crate::Roles::default()
+    };
+    let result = crate::run_roles(cfg, store, registry, shutdown.clone(), roles).await;
+    shutdown.cancel();
+    if let Some(server) = server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("the metrics endpoint stopped with an error: {e}"),
+            Err(e) => tracing::error!("the metrics endpoint failed: {e}"),
+        }
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Arc::new(Config::load(cli.config.as_deref())?);
     let registry = Registry::builtin();
@@ -316,19 +410,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Standalone(web) => crate::web::standalone(&cfg, registry, &web).await,
         Command::Web(web) => crate::web::serve_api(&cfg, &web).await,
         Command::Users(cmd) => crate::web::users(&cfg, cmd).await,
-        Command::Scheduler => {
-            let store = crate::open_store(&cfg).await?;
-            println!(
-                "Sluice {} — store {}, DAGs from {}, parallelism {}",
-                env!("CARGO_PKG_VERSION"),
-                store.url(),
-                cfg.dags_folder.display(),
-                cfg.parallelism
-            );
-            let shutdown = crate::shutdown_on_signals();
-            crate::run_scheduler_and_executor(&cfg, store, registry, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
+        Command::Scheduler(args) => {
+            let executor = cfg.scheduler_executor && !args.no_executor;
+            run_process(&cfg, registry, true, executor, &args.metrics).await
         }
+        Command::Worker(metrics) => run_process(&cfg, registry, false, true, &metrics).await,
         Command::Db(DbCommand::Migrate) => {
             let store = crate::open_store(&cfg).await?;
             println!("Database {} is up to date.", store.url());
@@ -765,6 +851,10 @@ async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Re
             match store.create_run(&new, "cli").await? {
                 Some(run) => {
                     println!("Created run {} of DAG {} (queued).", run.run_id, run.dag_id);
+                    // Schedulers on PostgreSQL start it now rather than at their next pass.
+                    if let Err(e) = store.notify_work().await {
+                        tracing::debug!("cannot notify schedulers: {e}");
+                    }
                     if store.dag(&dag_id).await?.is_some_and(|d| d.is_paused) {
                         println!("Note: DAG {dag_id} is paused; the run starts when it is unpaused (sluice dags unpause {dag_id}).");
                     }
@@ -902,6 +992,11 @@ async fn dags(cfg: &Config, registry: &Registry, cmd: DagsCommand) -> anyhow::Re
                             rfc3339(iv.start)
                         );
                     }
+                }
+            }
+            if created > 0 {
+                if let Err(e) = store.notify_work().await {
+                    tracing::debug!("cannot notify schedulers: {e}");
                 }
             }
             println!(

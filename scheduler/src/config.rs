@@ -39,6 +39,15 @@ pub struct Config {
     /// first start and kept in the store, so every process of the installation agrees.
     #[serde(skip_serializing)]
     pub jwt_secret: Option<String>,
+    /// Port of the Prometheus endpoint of `sluice scheduler` and `sluice worker`
+    /// (`SLUICE_METRICS_PORT`, `--metrics-port`); none when unset. `sluice web` and
+    /// `sluice standalone` serve `/metrics` on the API's port.
+    pub metrics_port: Option<u16>,
+    /// Address of that endpoint (`SLUICE_METRICS_HOST`); default: `web_host`.
+    pub metrics_host: Option<String>,
+    /// Whether `sluice scheduler` runs an executor too (`SLUICE_SCHEDULER_EXECUTOR`;
+    /// false: tasks run only on `sluice worker` processes, as `--no-executor` says).
+    pub scheduler_executor: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,6 +87,9 @@ impl Default for Config {
             web_host: "127.0.0.1".to_string(),
             web_port: 8080,
             jwt_secret: None,
+            metrics_port: None,
+            metrics_host: None,
+            scheduler_executor: true,
         }
     }
 }

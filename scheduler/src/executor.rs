@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoints;
 use crate::context::{self, RunInfo};
 use crate::credentials::{self, Credentials};
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -82,6 +83,8 @@ pub struct Executor {
     /// Wakes the scheduler: a run finished, so a queued run may start.
     pub scheduler_wake: Arc<Notify>,
     pub events: broadcast::Sender<ExecEvent>,
+    /// Where tries, their durations and records are counted (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
     running: Arc<Mutex<HashMap<i64, RunningTry>>>,
     /// Hides secret values and connection passwords in logs and stored errors.
     /// Connections, secrets, their masker and the checkpoint store: swapped whole when
@@ -112,6 +115,18 @@ struct TryOutput {
     outcome: Outcome,
     io: TryIo,
     proposals: Vec<StateProposal>,
+    /// The task's kind and what it counted, for the process metrics.
+    kind: String,
+    counted: sluice_tasks::MetricsSnapshot,
+    rendered: Option<String>,
+}
+
+/// What `execute` learns on the way besides the outcome.
+#[derive(Default)]
+struct TrySide {
+    checkpoint_proposals: Vec<StateProposal>,
+    /// The rendered arguments (secrets masked), when any was a template.
+    rendered: Option<String>,
 }
 
 pub fn hostname() -> String {
@@ -144,6 +159,7 @@ impl Executor {
             wake: Arc::new(Notify::new()),
             scheduler_wake: Arc::new(Notify::new()),
             events,
+            metrics: Arc::default(),
             running: Arc::default(),
         }
     }
@@ -194,8 +210,15 @@ impl Executor {
             .register_worker(&self.worker_id, &self.hostname, "executor")
             .await?;
         tracing::info!(worker = %self.worker_id, parallelism = self.cfg.parallelism, "executor started");
+        self.metrics.set_parallelism(self.cfg.parallelism);
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(heartbeat_stop.clone()));
+        tokio::spawn(crate::forward_wakeups(
+            self.store.clone(),
+            self.wake.clone(),
+            heartbeat_stop.clone(),
+            "executor",
+        ));
         // Checkpoints a crashed process committed but never wrote to Redis.
         // Stored connections and secrets must be readable before anything runs.
         self.reload_credentials()
@@ -221,11 +244,18 @@ impl Executor {
             if !pending.is_empty() {
                 match self.store.finish(&pending).await {
                     Ok(report) => {
-                        {
+                        let free_now = {
                             let mut running = self.running.lock().expect("running map");
                             for r in &pending {
                                 running.remove(&r.ti_id);
                             }
+                            self.cfg.parallelism.saturating_sub(running.len())
+                        };
+                        // Others may take what this executor has no slots for, and a
+                        // scheduler elsewhere may start the next queued run.
+                        if report.scheduled as usize > free_now || !report.runs_finished.is_empty()
+                        {
+                            crate::notify_work_soon(&self.store);
                         }
                         pending.clear();
                         db_backoff = Duration::from_millis(100);
@@ -256,6 +286,7 @@ impl Executor {
                                 }
                                 for (dag_id, run_id, state) in report.runs_finished {
                                     tracing::info!(%dag_id, %run_id, %state, "DAG run finished");
+                                    this.metrics.run_finished(&dag_id, state);
                                     let _ = this.events.send(ExecEvent::RunFinished {
                                         dag_id,
                                         run_id,
@@ -399,7 +430,11 @@ impl Executor {
             },
         );
         let this = self.clone();
+        self.metrics.try_started();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let retries_left = c.try_number < c.max_tries;
+            let dag_id = c.dag_id.clone();
             let ti_id = c.ti_id;
             let dag_run_id = c.dag_run_id;
             let dag_version_id = c.dag_version_id;
@@ -416,8 +451,27 @@ impl Executor {
                     },
                     io: TryIo::default(),
                     proposals: Vec::new(),
+                    kind: "unknown".into(),
+                    counted: Default::default(),
+                    rendered: None,
                 },
             };
+            this.metrics.record_try(
+                &dag_id,
+                &output.kind,
+                &output.outcome,
+                retries_left
+                    && matches!(
+                        output.outcome,
+                        Outcome::Failed {
+                            retryable: true,
+                            ..
+                        }
+                    ),
+                started.elapsed(),
+                &output.counted,
+            );
+            this.metrics.try_ended();
             let _ = results.send(TryResult {
                 ti_id,
                 dag_run_id,
@@ -428,6 +482,7 @@ impl Executor {
                 outcome: output.outcome,
                 io: output.io,
                 proposals: output.proposals,
+                rendered: output.rendered,
             });
             this.wake.notify_one();
         });
@@ -454,7 +509,14 @@ impl Executor {
             format!("{}.{}", c.dag_id, c.task_id),
         ));
         let metrics = TryMetrics::default();
-        let mut proposals = Vec::new();
+        // From the version cache `execute` reads next: no extra query.
+        let kind = match self.store.dag_version(c.dag_version_id).await {
+            Ok(dag) => dag
+                .task(&c.task_id)
+                .map_or_else(|| "unknown".to_string(), |t| t.kind.clone()),
+            Err(_) => "unknown".to_string(),
+        };
+        let mut side = TrySide::default();
         let outcome = match self
             .execute(
                 &c,
@@ -462,7 +524,7 @@ impl Executor {
                 cancel,
                 &reason,
                 (state.clone(), metrics.clone()),
-                &mut proposals,
+                &mut side,
             )
             .await
         {
@@ -502,7 +564,7 @@ impl Executor {
                     key,
                     value,
                 })
-                .chain(proposals)
+                .chain(side.checkpoint_proposals)
                 .collect()
         } else {
             Vec::new()
@@ -516,6 +578,9 @@ impl Executor {
                 bytes_out: as_i64(m.bytes_out),
             },
             proposals,
+            kind,
+            counted: m,
+            rendered: side.rendered,
         }
     }
 
@@ -526,7 +591,7 @@ impl Executor {
         cancel: CancellationToken,
         reason: &AtomicU8,
         (state, metrics): (Arc<TaskState>, TryMetrics),
-        checkpoint_proposals: &mut Vec<StateProposal>,
+        side: &mut TrySide,
     ) -> Outcome {
         let creds = self.credentials();
         let fatal = |error: String| Outcome::Failed {
@@ -619,7 +684,15 @@ impl Executor {
                 now.remove(k);
             }
             match self.templates.render_value(&Value::Object(now), &ctx) {
-                Ok(Value::Object(m)) => (m, ctx),
+                Ok(Value::Object(m)) => {
+                    side.rendered = Some(
+                        creds
+                            .masker
+                            .mask_json(&Value::Object(m.clone()))
+                            .to_string(),
+                    );
+                    (m, ctx)
+                }
                 Ok(_) => return fatal("rendered arguments are not a table".into()),
                 Err(e) => return fatal(format!("template error in `{e}`")),
             }
@@ -690,7 +763,7 @@ impl Executor {
                             log.info(&format!(
                                 "checkpoint {name} -> {text} (committed when the run succeeds)"
                             ));
-                            checkpoint_proposals.push(StateProposal {
+                            side.checkpoint_proposals.push(StateProposal {
                                 namespace: sluice_store::checkpoint_namespace(&c.dag_id),
                                 key: name,
                                 value: text,

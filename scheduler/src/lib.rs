@@ -7,9 +7,11 @@
 //! - `context`: the template context of a try
 //! - `local_run`: `dags test` / `tasks test`, runs outside any scheduler
 //! - `bench`: the scheduler benchmark
+//! - `metrics`: Prometheus metrics, served at `/metrics`
 //! - `cli`: the `sluice` command
 
 pub mod bench;
+mod bench_crawl;
 pub mod checkpoints;
 pub mod cli;
 mod cli_credentials;
@@ -20,6 +22,7 @@ pub mod credentials;
 pub mod dagbag;
 pub mod executor;
 pub mod local_run;
+pub mod metrics;
 pub mod scheduler;
 pub mod web;
 
@@ -91,24 +94,127 @@ pub async fn run_scheduler_and_executor_woken(
     shutdown: CancellationToken,
     wakers: Wakers,
 ) -> anyhow::Result<()> {
-    let mut executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg)?);
-    executor.wake = wakers.executor;
-    executor.scheduler_wake = wakers.scheduler;
-    let scheduler = Scheduler::new(
-        store.clone(),
-        DagProcessor::new(cfg.dags_folder.clone(), registry),
-        cfg.scheduler.clone(),
-        cfg.dags_paused_at_creation,
-        executor.scheduler_wake.clone(),
-        executor.wake.clone(),
+    let roles = Roles {
+        wakers,
+        ..Roles::default()
+    };
+    run_roles(cfg, store, registry, shutdown, roles).await
+}
+
+/// Which loops a process runs, and what they share.
+#[derive(Clone)]
+pub struct Roles {
+    /// Creates and starts runs, times them out, reaps dead workers' tries.
+    pub scheduler: bool,
+    /// Claims and runs task instances (`sluice worker` runs only this).
+    pub executor: bool,
+    pub wakers: Wakers,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            scheduler: true,
+            executor: true,
+            wakers: Wakers::default(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// Runs the loops `roles` asks for until `shutdown` fires and running tries have
+/// finished or been rescheduled.
+pub async fn run_roles(
+    cfg: &Config,
+    store: Store,
+    registry: Registry,
+    shutdown: CancellationToken,
+    roles: Roles,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        roles.scheduler || roles.executor,
+        "nothing to run: neither the scheduler nor an executor"
     );
-    let sched_stop = shutdown.clone();
-    let sched = tokio::spawn(scheduler.run(sched_stop));
-    let exec = tokio::spawn(executor.run(shutdown.clone()));
-    let (s, e) = tokio::join!(sched, exec);
-    s??;
-    e??;
-    Ok(())
+    let exec = if roles.executor {
+        let mut executor = Executor::new(store.clone(), registry.clone(), executor_config(cfg)?);
+        executor.wake = roles.wakers.executor.clone();
+        executor.scheduler_wake = roles.wakers.scheduler.clone();
+        executor.metrics = roles.metrics.clone();
+        Some(tokio::spawn(executor.run(shutdown.clone())))
+    } else {
+        None
+    };
+    let sched = if roles.scheduler {
+        let mut scheduler = Scheduler::new(
+            store.clone(),
+            DagProcessor::new(cfg.dags_folder.clone(), registry),
+            cfg.scheduler.clone(),
+            cfg.dags_paused_at_creation,
+            roles.wakers.scheduler.clone(),
+            roles.wakers.executor.clone(),
+        );
+        scheduler.metrics = roles.metrics.clone();
+        Some(tokio::spawn(scheduler.run(shutdown.clone())))
+    } else {
+        None
+    };
+    // Both are awaited before either's error is returned, as the process must not
+    // exit with tries still running.
+    let s = match sched {
+        Some(h) => h.await?,
+        None => Ok(()),
+    };
+    let e = match exec {
+        Some(h) => h.await?,
+        None => Ok(()),
+    };
+    s?;
+    e
+}
+
+/// Wakes `wake` whenever another process notifies new work (PostgreSQL LISTEN/NOTIFY),
+/// until `stop` fires. Without a listener (SQLite) the loops just poll.
+pub(crate) async fn forward_wakeups(
+    store: Store,
+    wake: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+    who: &'static str,
+) {
+    let mut listener = match store.work_listener().await {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("{who}: cannot listen for work notifications ({e}); polling only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.recv() => match r {
+                Ok(()) => wake.notify_one(),
+                Err(e) => {
+                    // The listener reconnects on the next recv; meanwhile the loop polls.
+                    tracing::warn!("{who}: work notifications interrupted: {e}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Notifies other processes of new work without holding up the caller.
+pub(crate) fn notify_work_soon(store: &Store) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.notify_work().await {
+            tracing::debug!("cannot notify other processes of new work: {e}");
+        }
+    });
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SchedulerConfig;
 use crate::dagbag::DagProcessor;
+use crate::metrics::Metrics;
 
 pub struct Scheduler {
     store: Store,
@@ -31,6 +32,8 @@ pub struct Scheduler {
     /// When each DAG next needs a look: (version seen, time). Only a cache of what the
     /// database says; losing it costs one query per DAG.
     next_check: HashMap<String, (i64, DateTime<Utc>)>,
+    /// Pass times and the runs the scheduler finishes (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// How many runs one pass creates for a DAG at most, so one DAG catching up on years
@@ -54,6 +57,7 @@ impl Scheduler {
             wake,
             executor_wake,
             next_check: HashMap::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -62,6 +66,13 @@ impl Scheduler {
         let mut last_reap = tokio::time::Instant::now();
         let mut failures = 0u32;
         tracing::info!(folder = %self.processor.folder().display(), "scheduler started");
+        let listen_stop = shutdown.child_token();
+        tokio::spawn(crate::forward_wakeups(
+            self.store.clone(),
+            self.wake.clone(),
+            listen_stop.clone(),
+            "scheduler",
+        ));
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -79,7 +90,10 @@ impl Scheduler {
                 }
             }
             let reap_due = last_reap.elapsed() >= self.cfg.heartbeat_interval();
-            match self.pass(reap_due).await {
+            let pass_started = std::time::Instant::now();
+            let passed = self.pass(reap_due).await;
+            self.metrics.scheduler_pass(pass_started.elapsed());
+            match passed {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -100,6 +114,7 @@ impl Scheduler {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+        listen_stop.cancel();
         tracing::info!("scheduler stopped");
         Ok(())
     }
@@ -181,6 +196,8 @@ impl Scheduler {
         }
         for (dag_id, run_id) in self.store.time_out_runs().await? {
             tracing::warn!(%dag_id, %run_id, "DAG run timed out");
+            self.metrics
+                .run_finished(&dag_id, sluice_store::RunState::Failed);
         }
         if reap {
             let stale_before = ts
@@ -188,12 +205,17 @@ impl Scheduler {
                     .unwrap_or(chrono::Duration::seconds(30));
             let report = self.store.reap_zombies(stale_before).await?;
             scheduled += report.scheduled;
+            for (dag_id, _, state) in &report.runs_finished {
+                self.metrics.run_finished(dag_id, *state);
+            }
             if report.next_retry_at.is_some() || !report.runs_finished.is_empty() {
                 self.executor_wake.notify_one();
             }
         }
         if scheduled > 0 {
             self.executor_wake.notify_one();
+            // Workers in other processes claim it now rather than at their next poll.
+            crate::notify_work_soon(&self.store);
         }
         Ok(())
     }

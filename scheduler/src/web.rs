@@ -65,10 +65,26 @@ pub async fn bind(cfg: &Config, args: &WebArgs) -> anyhow::Result<tokio::net::Tc
 
 fn announce(listener: &tokio::net::TcpListener) {
     if let Ok(addr) = listener.local_addr() {
+        println!("web UI on http://{addr}/ (log in with a user of `sluice users`)");
         println!(
             "REST API listening on http://{addr}/api/v2 (token: POST http://{addr}/auth/token)"
         );
     }
+}
+
+/// The API and `GET /metrics` (without authentication, see `crate::metrics::router`)
+/// on one listener until `shutdown` completes.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    let app = sluice_web::router(state).merge(crate::metrics::router(metrics, Some(store)));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Creates the user `admin` with a random password when the store has no user yet,
@@ -88,14 +104,23 @@ async fn ensure_admin(store: &Store) -> anyhow::Result<()> {
 /// `sluice web`: the API alone, until SIGTERM or Ctrl-C.
 pub async fn serve_api(cfg: &Config, args: &WebArgs) -> anyhow::Result<ExitCode> {
     let store = crate::open_store(cfg).await?;
-    let state = api_state(cfg, store.clone()).await?;
+    // Runs triggered and tasks cleared through the API: schedulers and workers in
+    // other processes hear of them at once (PostgreSQL), not at their next poll.
+    let notifier = store.clone();
+    let state = api_state(cfg, store.clone())
+        .await?
+        .on_new_work(move || crate::notify_work_soon(&notifier));
     let listener = bind(cfg, args).await?;
     if store.user_count().await? == 0 {
         println!("No users yet: create one with `sluice users create --username NAME --password PASS --role admin`.");
     }
     announce(&listener);
     let shutdown = crate::shutdown_on_signals();
-    sluice_web::serve(listener, state, async move { shutdown.cancelled().await }).await?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    serve(listener, state, metrics, async move {
+        shutdown.cancelled().await
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -126,11 +151,16 @@ pub async fn standalone(
     let shutdown = crate::shutdown_on_signals();
     let api_stop = CancellationToken::new();
     let stop = api_stop.clone();
-    let api = tokio::spawn(sluice_web::serve(listener, state, async move {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let api = tokio::spawn(serve(listener, state, metrics.clone(), async move {
         stop.cancelled().await
     }));
-    let result =
-        crate::run_scheduler_and_executor_woken(cfg, store, registry, shutdown, wakers).await;
+    let roles = crate::Roles {
+        wakers,
+        metrics,
+        ..crate::Roles::default()
+    };
+    let result = crate::run_roles(cfg, store, registry, shutdown, roles).await;
     api_stop.cancel();
     match api.await {
         Ok(Ok(())) => {}

@@ -95,6 +95,9 @@ pub struct TryResult {
     /// State the try proposes, committed when the run succeeds (kept only if the try
     /// succeeded).
     pub proposals: Vec<StateProposal>,
+    /// The try's arguments after templates were rendered, secrets masked (JSON); None
+    /// when nothing was templated.
+    pub rendered: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -454,7 +457,8 @@ impl Store {
         let update_tries_q = format!(
             "UPDATE task_try AS t SET state = v.state, end_date = v.end_date, \
              duration_ms = v.duration_ms, error = v.error, records_in = v.records_in, \
-             records_out = v.records_out, bytes_in = v.bytes_in, bytes_out = v.bytes_out \
+             records_out = v.records_out, bytes_in = v.bytes_in, bytes_out = v.bytes_out, \
+             rendered_fields = v.rendered_fields \
              FROM {} WHERE t.ti_id = v.ti_id AND t.try_number = v.try_number",
             d.json_rows(
                 1,
@@ -469,6 +473,7 @@ impl Store {
                     ("records_out", "bigint"),
                     ("bytes_in", "bigint"),
                     ("bytes_out", "bigint"),
+                    ("rendered_fields", "text"),
                 ]
             )
         );
@@ -640,6 +645,7 @@ impl Store {
                         "records_out": r.io.records_out,
                         "bytes_in": r.io.bytes_in,
                         "bytes_out": r.io.bytes_out,
+                        "rendered_fields": r.rendered,
                     }));
                     if let Outcome::Success(x) = &r.outcome {
                         if let Some(x) = x {
@@ -877,6 +883,7 @@ impl Store {
                     },
                     io: TryIo::default(),
                     proposals: Vec::new(),
+                    rendered: None,
                 }
             })
             .collect()

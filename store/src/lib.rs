@@ -18,6 +18,10 @@ mod runs;
 pub mod scratch;
 mod sql;
 pub mod state;
+mod stats;
+pub use stats::ActiveCounts;
+mod notify;
+pub use notify::WorkListener;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod xcom;

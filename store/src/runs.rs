@@ -284,6 +284,36 @@ impl Store {
         }))
     }
 
+    /// The arguments a try ran with after rendering (JSON, secrets masked), if any of
+    /// them was a template.
+    pub async fn try_rendered_fields(&self, ti_id: i64, try_number: i64) -> Result<Option<String>> {
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT rendered_fields FROM task_try WHERE ti_id = $1 AND try_number = $2",
+            )
+            .bind(ti_id)
+            .bind(try_number)
+            .fetch_optional(pool)
+            .await?
+            .flatten()
+        }))
+    }
+
+    /// Task instances of several runs (the grid), ordered by run then insertion.
+    pub async fn task_instances_of_runs(&self, run_pks: &[i64]) -> Result<Vec<TiRow>> {
+        if run_pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = format!(
+            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_run_id {} ORDER BY dag_run_id, id",
+            self.dialect.in_int_list(1)
+        );
+        let ids = serde_json::Value::from(run_pks.to_vec()).to_string();
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as::<_, TiRow>(&q).bind(ids).fetch_all(pool).await?
+        }))
+    }
+
     /// Tries of all task instances of a run, for timing analysis (Gantt, benchmarks).
     pub async fn run_tries(&self, run_pk: i64) -> Result<Vec<(String, TryRow)>> {
         let rows = with_pool!(&self.db, pool => {

@@ -69,6 +69,7 @@ fn result(c: &Claimed, outcome: Outcome) -> TryResult {
         outcome,
         io: TryIo::default(),
         proposals: Vec::new(),
+        rendered: None,
     }
 }
 

@@ -303,6 +303,22 @@ impl Masker {
         out
     }
 
+    /// `value` with every string in it masked (keys too), so a secret is hidden
+    /// whatever JSON escaping its text would get.
+    pub fn mask_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.mask(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.mask_json(v)).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (self.mask(k), self.mask_json(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -352,6 +368,18 @@ mod tests {
             matches!(&err, TaskError::Fatal(m) if m.contains("SLUICE_CONN_KAFKA_DEFAULT")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn masker_masks_strings_inside_json_whatever_their_escaping() {
+        let m = Masker::new(["p\"ss\\word".to_string()]);
+        let v = serde_json::json!({"url": "https://x/?k=p\"ss\\word", "n": [1, "p\"ss\\word"]});
+        let masked = m.mask_json(&v);
+        assert_eq!(
+            masked,
+            serde_json::json!({"url": "https://x/?k=***", "n": [1, "***"]})
+        );
+        assert!(!masked.to_string().contains("ss\\\\word"));
     }
 
     #[test]

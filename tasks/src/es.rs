@@ -694,6 +694,13 @@ async fn send_batch(
                 .collect()
         };
         let body_len = body.len() as u64;
+        // Documents of a batch whose request or response failed were not indexed.
+        let whole_batch_failed = |e: TaskError| {
+            if !matches!(e, TaskError::Cancelled) {
+                ctx.metrics.failed(pending.len() as u64);
+            }
+            e
+        };
         let (status, resp) = es
             .send(
                 ctx,
@@ -701,7 +708,8 @@ async fn send_batch(
                 url.clone(),
                 Some(("application/x-ndjson", body)),
             )
-            .await?;
+            .await
+            .map_err(whole_batch_failed)?;
         if !(200..300).contains(&status) {
             let (ty, reason) = error_of(&resp);
             let msg = format!(
@@ -711,27 +719,27 @@ async fn send_batch(
             );
             // Other 4xx (bad credentials, missing index, bad pipeline) will not fix
             // themselves on a retry; 5xx might.
-            return Err(if status >= 500 {
+            return Err(whole_batch_failed(if status >= 500 {
                 TaskError::Failed(msg)
             } else {
                 TaskError::Fatal(msg)
-            });
+            }));
         }
         let parsed: BulkResponse = serde_json::from_slice(&resp).map_err(|e| {
-            TaskError::Failed(format!(
+            whole_batch_failed(TaskError::Failed(format!(
                 "bulk response from {} is not valid JSON ({e}): {}",
                 es.server(),
                 snippet(&resp)
-            ))
+            )))
         })?;
         if parsed.items.len() != pending.len() {
-            return Err(TaskError::Failed(format!(
+            return Err(whole_batch_failed(TaskError::Failed(format!(
                 "bulk response from {} lists {} items for {} documents sent: {}",
                 es.server(),
                 parsed.items.len(),
                 pending.len(),
                 snippet(&resp)
-            )));
+            ))));
         }
         let mut retry = Vec::new();
         let mut failures: Vec<String> = Vec::new();
@@ -741,18 +749,18 @@ async fn send_batch(
         for (&k, item) in pending.iter().zip(parsed.items) {
             let doc = &batch.items[k];
             let Some(item) = item.into_iter().next().map(|(_, v)| v) else {
-                return Err(TaskError::Failed(format!(
+                return Err(whole_batch_failed(TaskError::Failed(format!(
                     "bulk response from {} has an empty item for record {}",
                     es.server(),
                     doc.position
-                )));
+                ))));
             };
             let item: BulkItem = serde_json::from_value(item).map_err(|e| {
-                TaskError::Failed(format!(
+                whole_batch_failed(TaskError::Failed(format!(
                     "bulk response item from {} for record {} is malformed: {e}",
                     es.server(),
                     doc.position
-                ))
+                )))
             })?;
             match item.status {
                 200..=299 => {
@@ -788,6 +796,7 @@ async fn send_batch(
             }
         }
         ctx.metrics.wrote(ok_docs, ok_bytes);
+        ctx.metrics.failed(failed as u64);
         if failed > 0 {
             return Err(TaskError::Fatal(format!(
                 "{failed} document(s) of batch {} were rejected by `{}` on {}; first {}: {}",
@@ -809,6 +818,7 @@ async fn send_batch(
         }
         round += 1;
         if round >= ITEM_ATTEMPTS {
+            ctx.metrics.failed(retry.len() as u64);
             return Err(TaskError::Failed(format!(
                 "{} document(s) of batch {} were still rejected as overloaded (429/503) by {} after {ITEM_ATTEMPTS} attempts",
                 retry.len(),

@@ -112,7 +112,7 @@ impl TaskState {
 /// Record and byte counters of one try.
 #[derive(Clone, Default)]
 pub struct TryMetrics {
-    inner: Arc<[AtomicU64; 4]>,
+    inner: Arc<[AtomicU64; 5]>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -121,6 +121,10 @@ pub struct MetricsSnapshot {
     pub records_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Records a sink failed to write (Kafka deliveries that failed, documents the
+    /// Elasticsearch bulk API did not index). Exported as a process metric, not stored.
+    #[serde(skip)]
+    pub records_failed: u64,
 }
 
 impl TryMetrics {
@@ -134,12 +138,18 @@ impl TryMetrics {
         self.inner[3].fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// `records` could not be written (the try usually fails with them).
+    pub fn failed(&self, records: u64) {
+        self.inner[4].fetch_add(records, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             records_in: self.inner[0].load(Ordering::Relaxed),
             records_out: self.inner[1].load(Ordering::Relaxed),
             bytes_in: self.inner[2].load(Ordering::Relaxed),
             bytes_out: self.inner[3].load(Ordering::Relaxed),
+            records_failed: self.inner[4].load(Ordering::Relaxed),
         }
     }
 }

@@ -253,6 +253,11 @@ async fn mapping_conflict_fails_naming_record_position_and_id() {
             !msg.contains("record 5"),
             "{name}: only the bad record is listed: {msg}"
         );
+        // Counted for sluice_task_records_failed_total{kind="es_index"}: the one
+        // rejected document, the other nine indexed.
+        let m = ctx.metrics.snapshot();
+        assert_eq!(m.records_failed, 1, "{name}");
+        assert_eq!(m.records_out, 9, "{name}");
         delete(&base, &index).await;
     }
 }

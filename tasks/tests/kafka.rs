@@ -487,3 +487,30 @@ async fn key_and_value_templates_render_per_record() {
     .expect_err("record 1 has no appid");
     assert!(err.to_string().contains("record 1: `key`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_producer_rejects_is_counted_as_a_produce_error() {
+    let addr = broker();
+    let topic = unique("toolarge");
+    // librdkafka refuses records above message.max.bytes before sending them: a
+    // produce error the try reports and the executor counts
+    // (sluice_task_records_failed_total{kind="kafka_produce"}).
+    let ctx = ctx_for(
+        &format!("kafka://{addr}?message.max.bytes=2000"),
+        Arc::new(MemoryState::default()),
+    );
+    let err = run(
+        "kafka_produce",
+        &ctx,
+        json!({
+            "topic": topic,
+            "records": [{"id": "small"}, {"id": "big", "text": "x".repeat(5000)}],
+            "key_field": "id",
+            "create_topic": {"partitions": 1},
+        }),
+    )
+    .await
+    .expect_err("the large record cannot be produced");
+    assert!(err.to_string().contains("record 1"), "{err}");
+    assert_eq!(ctx.metrics.snapshot().records_failed, 1);
+}

@@ -28,6 +28,28 @@ pub const ADMIN: &str = "admin";
 pub const VIEWER: &str = "viewer";
 pub const ROLES: [&str; 2] = [ADMIN, VIEWER];
 
+/// The web UI's session cookie: the same JWT the API hands out, kept `HttpOnly` and
+/// `SameSite=Strict` so page scripts cannot read it and other sites cannot send it.
+pub const SESSION_COOKIE: &str = "sluice_session";
+
+/// A request authenticated by the session cookie may change something only when it
+/// also carries this header: a cross-site form cannot set it (CSRF), the UI's
+/// scripts always do.
+pub const UI_HEADER: &str = "x-requested-with";
+
+/// The session cookie's token, if the request has one.
+pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
 /// Who is calling, as the store knows them now (a changed role counts at once).
 #[derive(Clone, Debug)]
 pub struct User {
@@ -68,7 +90,7 @@ impl Keys {
         }
     }
 
-    pub fn issue(&self, user: &User) -> ApiResult<String> {
+    pub(crate) fn issue(&self, user: &User) -> ApiResult<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.username.clone(),
@@ -200,7 +222,11 @@ impl Default for VerifiedCache {
     }
 }
 
-async fn check_password(state: &AppState, username: &str, password: &str) -> ApiResult<User> {
+pub(crate) async fn check_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> ApiResult<User> {
     let bad = || ApiError::unauthorized("Invalid username or password");
     let Some(row) = state.store.user(username).await? else {
         return Err(bad());
@@ -225,8 +251,27 @@ async fn check_password(state: &AppState, username: &str, password: &str) -> Api
     })
 }
 
+/// The user a token names, if it is valid and the user still exists.
+pub(crate) async fn user_of_token(state: &AppState, token: &str) -> ApiResult<User> {
+    let username = state.keys.verify(token).map_err(ApiError::unauthorized)?;
+    let row = state
+        .store
+        .user(&username)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized(format!("user {username} no longer exists")))?;
+    Ok(User {
+        username: row.username,
+        role: row.role,
+    })
+}
+
 /// The caller named by the request's credentials (bearer token or basic auth).
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
+    if headers.get(header::AUTHORIZATION).is_none() {
+        if let Some(token) = session_token(headers) {
+            return user_of_token(state, token).await;
+        }
+    }
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -237,19 +282,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Us
         })?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     match scheme.to_ascii_lowercase().as_str() {
-        "bearer" => {
-            let username = state
-                .keys
-                .verify(rest.trim())
-                .map_err(ApiError::unauthorized)?;
-            let row = state.store.user(&username).await?.ok_or_else(|| {
-                ApiError::unauthorized(format!("user {username} no longer exists"))
-            })?;
-            Ok(User {
-                username: row.username,
-                role: row.role,
-            })
-        }
+        "bearer" => user_of_token(state, rest.trim()).await,
         "basic" => {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(rest.trim())
@@ -268,12 +301,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Us
 }
 
 /// Paths anyone may call. `/api/v2/version` is public in Airflow too: its Python
-/// client sends no credentials there.
+/// client sends no credentials there. The web UI's pages (anything outside `/api` and
+/// `/auth`) check the session themselves and send a browser to the login page.
 fn is_public(path: &str) -> bool {
     matches!(
         path,
         "/api/v2/monitor/health" | "/api/v2/version" | "/auth/token"
-    )
+    ) || !(path.starts_with("/api/") || path.starts_with("/auth/"))
 }
 
 /// Authenticates every request but the public ones, and lets only admins change
@@ -287,6 +321,13 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
         Err(e) => return e.into_response(),
     };
     let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
+    if !read && by_cookie && req.headers().get(UI_HEADER).is_none() {
+        return ApiError::forbidden(format!(
+            "a request authenticated by the session cookie must send the {UI_HEADER} header to change anything"
+        ))
+        .into_response();
+    }
     if !read && !user.is_admin() {
         return ApiError::forbidden(format!(
             "user {} has role {} and may only read; {} {} needs the admin role",

@@ -37,7 +37,7 @@ const SENSITIVE: [&str; 9] = [
     "authorization",
 ];
 
-fn sensitive(key: &str) -> bool {
+pub(crate) fn sensitive(key: &str) -> bool {
     let k = key.to_lowercase();
     SENSITIVE.iter().any(|s| k.contains(s))
 }
@@ -82,15 +82,15 @@ pub struct ConnectionBody {
 
 /// A connection as the API sees it: parsed (when it could be decrypted) and where it
 /// comes from.
-struct Entry {
+pub(crate) struct Entry {
     id: String,
     conn_type: String,
     description: Option<String>,
     parsed: Option<Connection>,
-    stored: bool,
+    pub(crate) stored: bool,
 }
 
-fn response(e: &Entry) -> ConnectionResponse {
+pub(crate) fn response(e: &Entry) -> ConnectionResponse {
     let c = e.parsed.as_ref();
     let extra = c.filter(|c| !c.extra.is_empty()).map(|c| {
         let map: serde_json::Map<String, Value> = c
@@ -119,7 +119,7 @@ fn response(e: &Entry) -> ConnectionResponse {
 }
 
 /// Every connection: the environment and sluice.toml first (they win), then the store.
-async fn all(state: &AppState) -> ApiResult<BTreeMap<String, Entry>> {
+pub(crate) async fn all(state: &AppState) -> ApiResult<BTreeMap<String, Entry>> {
     let base = &state.cfg.connections;
     let mut out = BTreeMap::new();
     for name in base.names() {

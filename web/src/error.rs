@@ -47,6 +47,14 @@ impl ApiError {
         }
     }
 
+    /// The detail as text: the sentence, or a 422's list as JSON.
+    pub fn detail_text(&self) -> String {
+        match &self.detail {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn not_found(detail: impl Into<String>) -> ApiError {
         Self::new(StatusCode::NOT_FOUND, detail)
     }

@@ -21,6 +21,7 @@ mod models;
 mod monitor;
 mod pools;
 mod task_instances;
+mod ui;
 mod variables;
 mod xcom;
 
@@ -223,6 +224,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(spec.as_ref().clone()) }
             }),
         )
+        .merge(ui::router(state.clone()))
         .fallback(|| async { error::ApiError::not_found("Not Found: no such API path") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

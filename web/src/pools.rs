@@ -56,7 +56,10 @@ pub struct PoolPatchBody {
     pub include_deferred: Option<bool>,
 }
 
-async fn responses(state: &AppState, rows: Vec<PoolRow>) -> ApiResult<Vec<PoolResponse>> {
+pub(crate) async fn responses(
+    state: &AppState,
+    rows: Vec<PoolRow>,
+) -> ApiResult<Vec<PoolResponse>> {
     let usage = state.store.pool_usage().await?;
     Ok(rows
         .into_iter()

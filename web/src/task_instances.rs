@@ -173,6 +173,25 @@ pub(crate) async fn ti_responses(
         .collect())
 }
 
+/// One task instance, with the rendered arguments of its latest try (lists leave them
+/// out, as Airflow's do: they cost a read per task instance).
+async fn single_ti_response(
+    state: &AppState,
+    run: &RunRow,
+    ti: TiRow,
+) -> ApiResult<Json<TaskInstanceResponse>> {
+    let rendered = state
+        .store
+        .try_rendered_fields(ti.id, ti.try_number)
+        .await?
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let mut resp = ti_responses(state, run, vec![ti]).await?.remove(0);
+    if let Some(r) = rendered {
+        resp.rendered_fields = r;
+    }
+    Ok(Json(resp))
+}
+
 /// Task instances of runs of different DAGs.
 async fn ti_responses_any(
     state: &AppState,
@@ -307,7 +326,7 @@ pub async fn get_task_instances(
 }
 
 /// The task instance, or a 404 naming it. `map_index` None: the unmapped one.
-async fn find_ti(
+pub(crate) async fn find_ti(
     state: &AppState,
     run: &RunRow,
     task_id: &str,
@@ -350,7 +369,7 @@ pub async fn get_task_instance(
 ) -> ApiResult<Json<TaskInstanceResponse>> {
     let run = models::find_run(&state.store, &dag_id, &run_id).await?;
     let ti = find_ti(&state, &run, &task_id, None).await?;
-    Ok(Json(ti_responses(&state, &run, vec![ti]).await?.remove(0)))
+    single_ti_response(&state, &run, ti).await
 }
 
 /// Get a mapped task instance.
@@ -372,7 +391,7 @@ pub async fn get_mapped_task_instance(
     let map_index = path_int("map_index", &map_index)?;
     let run = models::find_run(&state.store, &dag_id, &run_id).await?;
     let ti = find_ti(&state, &run, &task_id, Some(map_index)).await?;
-    Ok(Json(ti_responses(&state, &run, vec![ti]).await?.remove(0)))
+    single_ti_response(&state, &run, ti).await
 }
 
 fn path_int(name: &str, v: &str) -> ApiResult<i64> {

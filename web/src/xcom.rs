@@ -14,6 +14,40 @@ use crate::extract::{self, Query};
 use crate::models;
 use crate::AppState;
 
+/// An XCom's value, with every known secret and password masked (a task may have
+/// returned one); as a JSON string of its text when `stringify`.
+pub(crate) async fn masked_value(
+    state: &AppState,
+    row: &XcomRow,
+    stringify: bool,
+) -> ApiResult<Value> {
+    let value: Value = match &row.value {
+        XcomValue::Inline(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::internal(format!("stored XCom is not JSON: {e}")))?,
+        XcomValue::Artifact { path, .. } => {
+            let full = state.cfg.artifacts_dir.join(path);
+            let bytes = tokio::fs::read(&full).await.map_err(|e| {
+                ApiError::internal(format!("cannot read XCom artifact {}: {e}", full.display()))
+            })?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::internal(format!("XCom artifact {} is not JSON: {e}", full.display()))
+            })?
+        }
+    };
+    // A task may have returned a secret or a password: never show one.
+    let masker = crate::connections::masker(state).await?;
+    let text = value.to_string();
+    let masked = masker.mask(&text);
+    let value = if stringify {
+        Value::String(masked)
+    } else if masked == text {
+        value
+    } else {
+        serde_json::from_str(&masked).unwrap_or(Value::String(masked))
+    };
+    Ok(value)
+}
+
 /// An XCom entry without its value, as Airflow's `XComResponse`.
 #[derive(Serialize, ToSchema)]
 pub struct XComResponse {
@@ -166,30 +200,7 @@ pub async fn get_xcom_entry(
                 "XCom entry with key: `{key}` not found for task `{task_id}` (map index {map_index}) of run `{run_id}`"
             ))
         })?;
-    let value: Value = match &row.value {
-        XcomValue::Inline(text) => serde_json::from_str(text)
-            .map_err(|e| ApiError::internal(format!("stored XCom is not JSON: {e}")))?,
-        XcomValue::Artifact { path, .. } => {
-            let full = state.cfg.artifacts_dir.join(path);
-            let bytes = tokio::fs::read(&full).await.map_err(|e| {
-                ApiError::internal(format!("cannot read XCom artifact {}: {e}", full.display()))
-            })?;
-            serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::internal(format!("XCom artifact {} is not JSON: {e}", full.display()))
-            })?
-        }
-    };
-    // A task may have returned a secret or a password: never show one.
-    let masker = crate::connections::masker(&state).await?;
-    let text = value.to_string();
-    let masked = masker.mask(&text);
-    let value = if stringify {
-        Value::String(masked)
-    } else if masked == text {
-        value
-    } else {
-        serde_json::from_str(&masked).unwrap_or(Value::String(masked))
-    };
+    let value = masked_value(&state, &row, stringify).await?;
     let times = state.store.xcom_times(run.id).await?;
     let at = times
         .get(&(row.task_id.clone(), row.map_index, row.key.clone()))

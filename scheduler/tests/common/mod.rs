@@ -215,6 +215,7 @@ impl Sandbox {
         Daemon {
             child,
             name,
+            stdout_path,
             stderr_path,
             exited: None,
         }
@@ -291,6 +292,7 @@ pub fn wait_until<T>(
 pub struct Daemon {
     child: Child,
     name: String,
+    stdout_path: PathBuf,
     stderr_path: PathBuf,
     exited: Option<ExitStatus>,
 }
@@ -367,6 +369,11 @@ impl Daemon {
             self.exited = self.child.try_wait().ok().flatten();
         }
         self.exited.is_none()
+    }
+
+    /// What the process printed on stdout so far (addresses it listens on).
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     /// The process's stderr so far (its logs).

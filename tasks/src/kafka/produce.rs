@@ -108,6 +108,7 @@ impl Tally {
             Err(e) => e,
         };
         self.failed += 1;
+        ctx.metrics.failed(1);
         if self.errors.len() < ERRORS_SHOWN {
             self.errors.push(format!("record {i}: {err}"));
         }
@@ -292,9 +293,10 @@ impl TaskKind for KafkaProduce {
                         }
                     }
                     Err((e, _)) => {
+                        ctx.metrics.failed(1);
                         return Err(TaskError::Failed(format!(
                             "record {i}: cannot queue it for `{topic}`: {e}"
-                        )))
+                        )));
                     }
                 }
             }
