@@ -107,16 +107,18 @@ pub async fn serve_api(cfg: &Config, args: &WebArgs) -> anyhow::Result<ExitCode>
     // Runs triggered and tasks cleared through the API: schedulers and workers in
     // other processes hear of them at once (PostgreSQL), not at their next poll.
     let notifier = store.clone();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let counted = metrics.clone();
     let state = api_state(cfg, store.clone())
         .await?
-        .on_new_work(move || crate::notify_work_soon(&notifier));
+        .on_new_work(move || crate::notify_work_soon(&notifier))
+        .on_run_finished(move |dag_id, run_state| counted.run_finished(dag_id, run_state));
     let listener = bind(cfg, args).await?;
     if store.user_count().await? == 0 {
         println!("No users yet: create one with `sluice users create --username NAME --password PASS --role admin`.");
     }
     announce(&listener);
     let shutdown = crate::shutdown_on_signals();
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     serve(listener, state, metrics, async move {
         shutdown.cancelled().await
     })
@@ -143,15 +145,19 @@ pub async fn standalone(
     ensure_admin(&store).await?;
     let wakers = crate::Wakers::default();
     let (sw, ew) = (wakers.scheduler.clone(), wakers.executor.clone());
-    let state = api_state(cfg, store.clone()).await?.on_new_work(move || {
-        sw.notify_one();
-        ew.notify_one();
-    });
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let counted = metrics.clone();
+    let state = api_state(cfg, store.clone())
+        .await?
+        .on_new_work(move || {
+            sw.notify_one();
+            ew.notify_one();
+        })
+        .on_run_finished(move |dag_id, run_state| counted.run_finished(dag_id, run_state));
     announce(&listener);
     let shutdown = crate::shutdown_on_signals();
     let api_stop = CancellationToken::new();
     let stop = api_stop.clone();
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let api = tokio::spawn(serve(listener, state, metrics.clone(), async move {
         stop.cancelled().await
     }));

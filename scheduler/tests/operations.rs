@@ -172,6 +172,14 @@ retries = 1
 retry_delay = "0s"
 "#;
 
+const SLOW_DAG: &str = r#"[dag]
+id = "metrics_marked"
+
+[tasks.wait]
+kind = "shell"
+command = "sleep 60"
+"#;
+
 #[test]
 fn metrics_count_tries_runs_and_records_of_a_standalone_process() {
     let _serial = common::serial();
@@ -183,6 +191,7 @@ fn metrics_count_tries_runs_and_records_of_a_standalone_process() {
     .unwrap();
     sb.write_dag("probe.toml", PROBE_DAG);
     sb.write_dag("fail.toml", FAILING_DAG);
+    sb.write_dag("marked.toml", SLOW_DAG);
     let mut standalone = sb.spawn(&["standalone"]);
     standalone.wait_ready();
     let addr = printed_addr(&standalone, "REST API listening on http://");
@@ -312,6 +321,67 @@ fn metrics_count_tries_runs_and_records_of_a_standalone_process() {
     }
     assert_eq!(after.get("sluice_executor_running_tries", &[]), Some(0.0));
     assert_eq!(after.get("sluice_executor_parallelism", &[]), Some(32.0));
+
+    // Runs finished through the API count too, once each: a run marked failed
+    // (twice: the second changes nothing), and a run whose last task instance is
+    // marked successful.
+    let password = printed_addr(&standalone, "Login with username admin and password ");
+    let password = password
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let patch = |path: &str, body: serde_json::Value| {
+        common::block_on(async {
+            reqwest::Client::new()
+                .patch(format!("http://{addr}/api/v2/dags/metrics_marked/{path}"))
+                .basic_auth("admin", Some(&password))
+                .json(&body)
+                .send()
+                .await
+                .expect("PATCH through the API")
+                .status()
+        })
+    };
+    for (run_id, path, body) in [
+        (
+            "marked_run",
+            "dagRuns/marked_run",
+            serde_json::json!({"state": "failed"}),
+        ),
+        (
+            "marked_task",
+            "dagRuns/marked_task/taskInstances/wait",
+            serde_json::json!({"new_state": "success"}),
+        ),
+    ] {
+        sb.ok(&["dags", "trigger", "metrics_marked", "--run-id", run_id]);
+        sb.wait_runs(
+            "metrics_marked",
+            "the run to start",
+            Duration::from_secs(30),
+            &[&standalone],
+            |runs| {
+                runs.iter()
+                    .any(|r| r["run_id"] == run_id && r["state"] == "running")
+            },
+        );
+        for _ in 0..2 {
+            assert_eq!(patch(path, body.clone()), reqwest::StatusCode::OK, "{path}");
+        }
+    }
+    let marked = scrape(&url).expect("scrape after marking");
+    for state in ["failed", "success"] {
+        assert_eq!(
+            marked.value(
+                "sluice_dag_runs_finished_total",
+                &[("dag_id", "metrics_marked"), ("state", state)]
+            ),
+            1.0,
+            "{state}: {:#?}",
+            marked.samples
+        );
+    }
 }
 
 /// Fails if the Grafana dashboard queries a metric that none of `scrapes` exports

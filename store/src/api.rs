@@ -798,7 +798,8 @@ impl Store {
 
     /// Sets the selected task instances of a run to `new_state` (success, failed,
     /// skipped), stopping running tries, then decides what that lets run next and
-    /// finishes (or re-queues) the run accordingly.
+    /// finishes (or re-queues) the run accordingly. Returns the task instances it
+    /// changed, and the run's new state when this finished a run that was not.
     pub async fn set_task_instance_state(
         &self,
         run_pk: i64,
@@ -806,7 +807,7 @@ impl Store {
         new_state: TiState,
         dry_run: bool,
         actor: &str,
-    ) -> Result<Vec<TiRow>> {
+    ) -> Result<(Vec<TiRow>, Option<RunState>)> {
         if !new_state.is_finished() {
             return Err(StoreError::Invalid(format!(
                 "a task instance can be set to success, failed or skipped, not {new_state}"
@@ -838,7 +839,7 @@ impl Store {
                 .collect();
             if dry_run || targets.is_empty() {
                 tx.rollback().await?;
-                return Ok(targets);
+                return Ok((targets, None));
             }
             for ti in &targets {
                 sqlx::query(
@@ -892,7 +893,8 @@ impl Store {
             .await?;
             let after: Vec<TiRow> = sqlx::query_as(&ti_q).bind(run_pk).fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            after.into_iter().filter(|t| ids.contains(&t.id)).collect::<Vec<_>>()
+            let finished = eval.finished.filter(|done| done.as_str() != run.state);
+            (after.into_iter().filter(|t| ids.contains(&t.id)).collect::<Vec<_>>(), finished)
         });
         Ok(changed)
     }
@@ -900,7 +902,9 @@ impl Store {
     /// Sets a run's state as Airflow's "mark success / failed / queued" does:
     /// success marks every unfinished task instance successful; failed fails the
     /// running ones and skips the rest; queued clears the whole run so it runs again.
-    pub async fn set_run_state(&self, run_pk: i64, state: RunState, actor: &str) -> Result<()> {
+    /// Returns whether the run entered a finished state it was not already in (what
+    /// the runs-finished metric counts).
+    pub async fn set_run_state(&self, run_pk: i64, state: RunState, actor: &str) -> Result<bool> {
         if state == RunState::Queued {
             self.clear_task_instances(run_pk, &TiSelector::default(), false, actor)
                 .await?;
@@ -911,7 +915,7 @@ impl Store {
                     .execute(pool)
                     .await?;
             });
-            return Ok(());
+            return Ok(false);
         }
         if state == RunState::Running {
             return Err(StoreError::Invalid(
@@ -922,13 +926,13 @@ impl Store {
         let ts = now();
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            let run: Option<(String, String)> = sqlx::query_as(&format!(
-                "SELECT dag_id, run_id FROM dag_run WHERE id = $1{lock}"
+            let run: Option<(String, String, String)> = sqlx::query_as(&format!(
+                "SELECT dag_id, run_id, state FROM dag_run WHERE id = $1{lock}"
             ))
             .bind(run_pk)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((dag_id, run_id)) = run else {
+            let Some((dag_id, run_id, before)) = run else {
                 return Err(StoreError::NotFound { what: format!("DAG run {run_pk}") });
             };
             let (running_to, others_to) = match state {
@@ -974,8 +978,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(before != state.as_str())
+        })
     }
 }
 

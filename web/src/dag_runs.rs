@@ -447,10 +447,13 @@ pub async fn patch_dag_run(
                     ))
                 }
             };
-            state
+            let finished = state
                 .store
                 .set_run_state(run.id, target, &format!("api:{}", user.username))
                 .await?;
+            if finished {
+                state.run_finished(&dag_id, target);
+            }
             if target == RunState::Queued {
                 state.wake();
             }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use sluice_store::Store;
+use sluice_store::{RunState, Store};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -82,7 +82,11 @@ pub struct AppState {
     keys: Arc<auth::Keys>,
     verified: Arc<auth::VerifiedCache>,
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
+    run_finished: Option<Arc<RunFinishedHook>>,
 }
+
+/// Told of each run the API finished (marked success or failed), with its DAG id.
+type RunFinishedHook = dyn Fn(&str, RunState) + Send + Sync;
 
 impl AppState {
     /// Resolves the token secret (configured, else the store's) and builds the state.
@@ -97,6 +101,7 @@ impl AppState {
             store,
             cfg: Arc::new(cfg),
             wake: None,
+            run_finished: None,
         })
     }
 
@@ -105,6 +110,22 @@ impl AppState {
     pub fn on_new_work(mut self, wake: impl Fn() + Send + Sync + 'static) -> AppState {
         self.wake = Some(Arc::new(wake));
         self
+    }
+
+    /// Called when the API marks a run success or failed, so the process's metrics
+    /// count it like a run the scheduler finished.
+    pub fn on_run_finished(
+        mut self,
+        hook: impl Fn(&str, RunState) + Send + Sync + 'static,
+    ) -> AppState {
+        self.run_finished = Some(Arc::new(hook));
+        self
+    }
+
+    pub(crate) fn run_finished(&self, dag_id: &str, state: RunState) {
+        if let Some(hook) = &self.run_finished {
+            hook(dag_id, state);
+        }
     }
 
     pub(crate) fn wake(&self) {

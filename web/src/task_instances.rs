@@ -626,7 +626,7 @@ async fn patch_ti(
         include_downstream: body.include_downstream,
         ..Default::default()
     };
-    let changed = state
+    let (changed, run_finished) = state
         .store
         .set_task_instance_state(
             run.id,
@@ -638,6 +638,9 @@ async fn patch_ti(
         .await?;
     if !dry_run {
         state.wake();
+    }
+    if let Some(run_state) = run_finished {
+        state.run_finished(&dag_id, run_state);
     }
     let items = ti_responses(&state, &run, changed).await?;
     Ok(Json(TaskInstanceCollectionResponse {
