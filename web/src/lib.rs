@@ -81,6 +81,7 @@ pub struct AppState {
     pub cfg: Arc<WebConfig>,
     keys: Arc<auth::Keys>,
     verified: Arc<auth::VerifiedCache>,
+    live_renders: Arc<ui::SharedRenders>,
     wake: Option<Arc<dyn Fn() + Send + Sync>>,
     run_finished: Option<Arc<RunFinishedHook>>,
 }
@@ -98,6 +99,7 @@ impl AppState {
         Ok(AppState {
             keys: Arc::new(auth::Keys::new(&secret, cfg.token_ttl)),
             verified: Arc::new(auth::VerifiedCache::new()),
+            live_renders: Arc::default(),
             store,
             cfg: Arc::new(cfg),
             wake: None,

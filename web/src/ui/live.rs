@@ -2,13 +2,15 @@
 //!
 //! The server re-renders the block with the page's own context builder every
 //! [`INTERVAL`] while the page is open, and sends it only when its text changed. That
-//! works whatever process (scheduler, worker) changed the store, needs no change
-//! feed, and costs one page render per open page per interval, which the page
-//! benchmark keeps in milliseconds.
+//! works whatever process (scheduler, worker) changed the store and needs no change
+//! feed. Open pages of the same view and role share their renders ([`SharedRenders`]):
+//! a team watching one grid costs one render per interval, not one per viewer.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,6 +25,38 @@ use crate::{AppState, User};
 
 /// How often an open page is re-rendered.
 pub const INTERVAL: Duration = Duration::from_millis(500);
+
+/// How old a render another open page made may be and still be used.
+const SHARE_AGE: Duration = Duration::from_millis(250);
+
+/// Recent live-block renders by view and role (the live blocks show no more of the
+/// user than whether they are an admin), so that open pages of the same view reuse
+/// one render instead of each querying the store.
+#[derive(Default)]
+pub(crate) struct SharedRenders {
+    renders: Mutex<HashMap<String, (Instant, Arc<str>)>>,
+}
+
+impl SharedRenders {
+    /// Entries kept before old ones are dropped.
+    const PRUNE_ABOVE: usize = 256;
+
+    fn fresh(&self, key: &str, now: Instant) -> Option<Arc<str>> {
+        let renders = self.renders.lock().expect("live renders");
+        renders
+            .get(key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= SHARE_AGE)
+            .map(|(_, html)| html.clone())
+    }
+
+    fn keep(&self, key: String, html: Arc<str>, now: Instant) {
+        let mut renders = self.renders.lock().expect("live renders");
+        if renders.len() >= Self::PRUNE_ABOVE {
+            renders.retain(|_, (at, _)| now.saturating_duration_since(*at) <= SHARE_AGE);
+        }
+        renders.insert(key, (now, html));
+    }
+}
 
 #[derive(Deserialize, Clone, Debug)]
 pub struct LiveQuery {
@@ -102,6 +136,30 @@ async fn render_view(state: &AppState, user: &User, q: &LiveQuery) -> ApiResult<
         .map_err(|e| crate::error::ApiError::internal(format!("cannot render {template}: {e}")))
 }
 
+/// The key renders are shared under: the view with its parameters, and the role.
+fn share_key(user: &User, q: &LiveQuery) -> String {
+    format!("{}|{q:?}", user.is_admin())
+}
+
+/// The view's live block: another open page's render when it is recent enough, else a
+/// new one, kept for the others.
+async fn shared_render(
+    state: &AppState,
+    user: &User,
+    q: &LiveQuery,
+) -> ApiResult<Option<Arc<str>>> {
+    let key = share_key(user, q);
+    if let Some(html) = state.live_renders.fresh(&key, Instant::now()) {
+        return Ok(Some(html));
+    }
+    let Some(html) = render_view(state, user, q).await? else {
+        return Ok(None);
+    };
+    let html: Arc<str> = html.into();
+    state.live_renders.keep(key, html.clone(), Instant::now());
+    Ok(Some(html))
+}
+
 fn digest(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
@@ -133,11 +191,11 @@ fn stream(
         async move {
             loop {
                 ticker.tick().await;
-                match render_view(&state, &user, &q).await {
+                match shared_render(&state, &user, &q).await {
                     Ok(Some(html)) => {
                         let d = digest(&html);
                         if last != Some(d) {
-                            let ev = Event::default().event("live").data(html);
+                            let ev = Event::default().event("live").data(&*html);
                             return Some((Ok(ev), (ticker, Some(d))));
                         }
                     }
@@ -150,4 +208,56 @@ fn stream(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_render_is_shared_while_recent_and_never_across_roles() {
+        let shared = SharedRenders::default();
+        let t0 = Instant::now();
+        let q: LiveQuery =
+            serde_json::from_value(serde_json::json!({"view": "grid", "dag_id": "d"})).unwrap();
+        let admin = User {
+            username: "a".into(),
+            role: crate::ADMIN.into(),
+        };
+        let viewer = User {
+            username: "v".into(),
+            role: "viewer".into(),
+        };
+        let other_admin = User {
+            username: "b".into(),
+            role: crate::ADMIN.into(),
+        };
+        shared.keep(share_key(&admin, &q), "<p>admin</p>".into(), t0);
+        let later = t0 + SHARE_AGE;
+        assert_eq!(
+            shared.fresh(&share_key(&other_admin, &q), later).as_deref(),
+            Some("<p>admin</p>"),
+            "another admin on the same view reuses the render"
+        );
+        assert_eq!(shared.fresh(&share_key(&viewer, &q), later), None);
+        let other_view: LiveQuery =
+            serde_json::from_value(serde_json::json!({"view": "grid", "dag_id": "e"})).unwrap();
+        assert_eq!(shared.fresh(&share_key(&admin, &other_view), later), None);
+        assert_eq!(
+            shared.fresh(&share_key(&admin, &q), later + Duration::from_millis(1)),
+            None,
+            "a render older than SHARE_AGE is made again"
+        );
+    }
+
+    #[test]
+    fn old_renders_are_dropped_once_many_views_were_seen() {
+        let shared = SharedRenders::default();
+        let t0 = Instant::now();
+        for i in 0..SharedRenders::PRUNE_ABOVE {
+            shared.keep(format!("k{i}"), "x".into(), t0);
+        }
+        shared.keep("new".into(), "y".into(), t0 + SHARE_AGE * 2);
+        assert_eq!(shared.renders.lock().unwrap().len(), 1);
+    }
 }

@@ -12,6 +12,8 @@
 mod gantt;
 mod graph;
 mod live;
+
+pub(crate) use live::SharedRenders;
 mod pages;
 mod session;
 
