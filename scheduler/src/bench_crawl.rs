@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use sluice_core::loader::load_file;
 use sluice_core::Dag;
 use sluice_fixtures::{serve_news_sites, Clock, NewsConfig, NewsFixture};
-use sluice_store::{NewRun, Store};
+use sluice_store::NewRun;
 use sluice_tasks::Registry;
 
 use crate::config::Config;
@@ -206,19 +206,10 @@ async fn measure(
         .await
         .context("cannot start the news fixture")?;
     let (bench_dag, cap) = crawl_dag(dag, &sites.urls, serial)?;
-    let home = tempfile::Builder::new()
-        .prefix("sluice-bench-crawl-")
-        .tempdir()?;
-    let mut run_cfg = cfg.clone();
-    run_cfg.home = home.path().to_path_buf();
-    run_cfg.database_url = Some(format!(
-        "sqlite://{}",
-        home.path().join("bench.db").display()
-    ));
+    let (_home, mut run_cfg, store) =
+        crate::local_run::scratch_home(cfg, "sluice-bench-crawl-").await?;
     // Every mapped instance may run at once; the DAG's map_concurrency is the limit.
     run_cfg.parallelism = run_cfg.parallelism.max(args.sites);
-    let store = Store::connect(&run_cfg.database_url()).await?;
-    store.migrate().await?;
     let registry = Registry::builtin();
     let logical = clock_at;
     let started = Instant::now();

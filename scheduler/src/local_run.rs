@@ -97,17 +97,7 @@ pub async fn dags_test(
         Some(d) => parse_date(d, dag.timezone)?,
         None => now(),
     };
-    let home = tempfile::Builder::new()
-        .prefix("sluice-dags-test-")
-        .tempdir()?;
-    let mut test_cfg = cfg.clone();
-    test_cfg.home = home.path().to_path_buf();
-    test_cfg.database_url = Some(format!(
-        "sqlite://{}",
-        home.path().join("test.db").display()
-    ));
-    let store = Store::connect(&test_cfg.database_url()).await?;
-    store.migrate().await?;
+    let (_home, test_cfg, store) = scratch_home(cfg, "sluice-dags-test-").await?;
     copy_configuration(cfg, &store).await;
     let interval = interval_at(&dag, logical);
     let started = std::time::Instant::now();
@@ -196,6 +186,25 @@ pub async fn dags_test(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A throwaway SLUICE_HOME with its own migrated SQLite store, so that `dags test` and
+/// the crawl benchmark touch neither the user's store nor their logs. The directory
+/// goes when the returned guard is dropped.
+pub(crate) async fn scratch_home(
+    cfg: &Config,
+    prefix: &str,
+) -> anyhow::Result<(tempfile::TempDir, Config, Store)> {
+    let home = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let mut scratch = cfg.clone();
+    scratch.home = home.path().to_path_buf();
+    scratch.database_url = Some(format!(
+        "sqlite://{}",
+        home.path().join("sluice.db").display()
+    ));
+    let store = Store::connect(&scratch.database_url()).await?;
+    store.migrate().await?;
+    Ok((home, scratch, store))
 }
 
 /// Records `dag`, creates the run `new`, and runs it with an in-process executor until

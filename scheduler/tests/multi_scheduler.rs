@@ -6,43 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{parse_time, seconds_ago, wait_until, Sandbox};
-use sluice_store::testing::TestDb;
-
-/// A fresh PostgreSQL database, dropped at the end of the test even when it fails.
-struct PgDb {
-    rt: tokio::runtime::Runtime,
-    db: Option<TestDb>,
-}
-
-impl PgDb {
-    fn new() -> PgDb {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        // Panics (fails the test) when PostgreSQL is unreachable: never skipped.
-        let db = rt.block_on(TestDb::postgres());
-        PgDb { rt, db: Some(db) }
-    }
-
-    fn url(&self) -> String {
-        self.db.as_ref().expect("db").url.clone()
-    }
-
-    fn store(&self) -> &sluice_store::Store {
-        &self.db.as_ref().expect("db").store
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            self.rt.block_on(db.cleanup());
-        }
-    }
-}
+use common::{parse_time, seconds_ago, wait_until, PgDb, Sandbox};
 
 const INTERVALS: i64 = 6;
 const TASKS: [&str; 3] = ["extract", "transform", "load"];

@@ -7,8 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{wait_until, Daemon, Sandbox};
-use sluice_store::testing::TestDb;
+use common::{wait_until, Daemon, PgDb, Sandbox};
 
 /// One scrape: sample lines by series (name plus sorted labels), and the families
 /// declared with `# TYPE`.
@@ -441,37 +440,6 @@ fn metric_names(exprs: &[String]) -> BTreeSet<String> {
         }
     }
     names
-}
-
-/// A fresh PostgreSQL database, dropped at the end of the test even when it fails.
-struct PgDb {
-    rt: tokio::runtime::Runtime,
-    db: Option<TestDb>,
-}
-
-impl PgDb {
-    fn new() -> PgDb {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        // Panics (fails the test) when PostgreSQL is unreachable: never skipped.
-        let db = rt.block_on(TestDb::postgres());
-        PgDb { rt, db: Some(db) }
-    }
-
-    fn url(&self) -> String {
-        self.db.as_ref().expect("db").url.clone()
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            self.rt.block_on(db.cleanup());
-        }
-    }
 }
 
 const CHAIN_DAG: &str = r#"[dag]

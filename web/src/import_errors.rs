@@ -41,15 +41,17 @@ fn error_id(fileloc: &str) -> i64 {
     (h & 0xffff_ffff_ffff) as i64
 }
 
+/// A stored import error as lines of `file:line:col: message`, as `sluice dags
+/// validate` prints them (text that is not the stored diagnostics stays as it is).
+pub(crate) fn error_lines(errors: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<Diagnostic>>(errors) {
+        Ok(diags) => diags.iter().map(|d| d.to_string()).collect(),
+        Err(_) => vec![errors.to_string()],
+    }
+}
+
 fn response(e: ImportErrorRow) -> ImportErrorResponse {
-    let trace = match serde_json::from_str::<Vec<Diagnostic>>(&e.errors) {
-        Ok(diags) => diags
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Err(_) => e.errors.clone(),
-    };
+    let trace = error_lines(&e.errors).join("\n");
     ImportErrorResponse {
         import_error_id: error_id(&e.fileloc),
         timestamp: e.updated_at,

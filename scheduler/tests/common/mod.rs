@@ -511,3 +511,39 @@ pub fn seconds_ago(secs: i64) -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(secs)
 }
+
+/// A fresh PostgreSQL database, dropped at the end of the test even when it fails.
+pub struct PgDb {
+    /// Runs the store's queries from these synchronous tests.
+    pub rt: tokio::runtime::Runtime,
+    db: Option<sluice_store::testing::TestDb>,
+}
+
+impl PgDb {
+    pub fn new() -> PgDb {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        // Panics (fails the test) when PostgreSQL is unreachable: never skipped.
+        let db = rt.block_on(sluice_store::testing::TestDb::postgres());
+        PgDb { rt, db: Some(db) }
+    }
+
+    pub fn url(&self) -> String {
+        self.db.as_ref().expect("db").url.clone()
+    }
+
+    pub fn store(&self) -> &sluice_store::Store {
+        &self.db.as_ref().expect("db").store
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            self.rt.block_on(db.cleanup());
+        }
+    }
+}

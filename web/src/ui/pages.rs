@@ -12,7 +12,7 @@ use minijinja::context;
 use minijinja::Value as Ctx;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::{Dag, Diagnostic};
+use sluice_core::Dag;
 use sluice_store::{RunRow, TiRow};
 
 use super::{error_page, render, url_part, user_ctx};
@@ -621,11 +621,7 @@ pub async fn import_errors(
             .await?
             .into_iter()
             .map(|e| {
-                // Each diagnostic names file, line and column, as `sluice dags validate`.
-                let lines: Vec<String> = match serde_json::from_str::<Vec<Diagnostic>>(&e.errors) {
-                    Ok(diags) => diags.iter().map(|d| d.to_string()).collect(),
-                    Err(_) => vec![e.errors.clone()],
-                };
+                let lines = crate::import_errors::error_lines(&e.errors);
                 context! { fileloc => e.fileloc, updated_at => e.updated_at, errors => lines }
             })
             .collect();
