@@ -40,10 +40,17 @@ pub struct VariableBody {
     pub description: Option<String>,
 }
 
-fn response(v: VariableRow) -> VariableResponse {
+/// A variable as the API and the UI show it. As Airflow redacts them, the value of a
+/// variable whose key says it is secret (`db_password`, `api_token`, …) is masked.
+pub(crate) fn response(v: VariableRow) -> VariableResponse {
+    let value = if crate::connections::sensitive(&v.key) {
+        crate::connections::MASK.to_string()
+    } else {
+        v.value
+    };
     VariableResponse {
         key: v.key,
-        value: Some(v.value),
+        value: Some(value),
         description: v.description,
         is_encrypted: false,
         team_name: None,
@@ -226,8 +233,13 @@ pub async fn patch_variable(
         )));
     }
     let wants = |f: &str| mask.is_empty() || mask.iter().any(|m| m == f);
-    let value = if wants("value") {
-        value_text(&body.value)
+    // A masked value sent back (a GET's body, edited and PATCHed) keeps the stored one,
+    // as for connection passwords.
+    let sent = value_text(&body.value);
+    let value = if wants("value")
+        && !(sent == crate::connections::MASK && crate::connections::sensitive(&key))
+    {
+        sent
     } else {
         old.value
     };

@@ -832,6 +832,41 @@ async fn variables_pools_import_errors_and_backfill() {
             .post("/api/v2/variables", json!({"key": "k2", "value": {"a": 1}}))
             .await;
         assert_eq!(r.body["value"], "{\"a\":1}", "{r:?}");
+        // A variable whose key says it is secret is kept, but never shown, as in
+        // Airflow: masked when created, read and listed.
+        let r = api
+            .post(
+                "/api/v2/variables",
+                json!({"key": "db_password", "value": "hunter2-var"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+        assert_eq!(r.body["value"], "***", "{r:?}");
+        assert_eq!(
+            api.ok("/api/v2/variables/db_password").await["value"],
+            "***"
+        );
+        let all = api.ok("/api/v2/variables").await;
+        assert!(!all.to_string().contains("hunter2-var"), "{all}");
+        // Its GET body, edited and sent back, keeps the stored value.
+        let r = api
+            .patch(
+                "/api/v2/variables/db_password",
+                json!({"key": "db_password", "value": "***", "description": "edited"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert_eq!(r.body["description"], "edited");
+        let stored = api.store.variables().await.unwrap();
+        let kept = stored
+            .iter()
+            .find(|v| v.key == "db_password")
+            .expect("kept");
+        assert_eq!(kept.value, "hunter2-var", "{backend}");
+        assert_eq!(
+            api.delete("/api/v2/variables/db_password").await.status,
+            StatusCode::NO_CONTENT
+        );
         let r = api.post("/api/v2/variables", json!({"value": "x"})).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(r.body["detail"][0]["loc"], json!(["body", "key"]), "{r:?}");

@@ -558,13 +558,13 @@ pub async fn variables(
             .await?
             .into_iter()
             .map(|v| {
-                // As Airflow: a variable whose name says it is secret shows masked.
-                let hidden = crate::connections::sensitive(&v.key);
+                let masked = crate::connections::sensitive(&v.key);
+                let r = crate::variables::response(v);
                 context! {
-                    key => v.key,
-                    value => if hidden { crate::connections::MASK.to_string() } else { v.value },
-                    description => v.description,
-                    masked => hidden,
+                    key => r.key,
+                    value => r.value,
+                    description => r.description,
+                    masked => masked,
                 }
             })
             .collect();
