@@ -124,6 +124,8 @@ struct TryOutput {
 /// What `execute` learns on the way besides the outcome.
 #[derive(Default)]
 struct TrySide {
+    /// The task's kind, once its DAG version is loaded (for the metrics' label).
+    kind: Option<String>,
     checkpoint_proposals: Vec<StateProposal>,
     /// The rendered arguments (secrets masked), when any was a template.
     rendered: Option<String>,
@@ -509,13 +511,6 @@ impl Executor {
             format!("{}.{}", c.dag_id, c.task_id),
         ));
         let metrics = TryMetrics::default();
-        // From the version cache `execute` reads next: no extra query.
-        let kind = match self.store.dag_version(c.dag_version_id).await {
-            Ok(dag) => dag
-                .task(&c.task_id)
-                .map_or_else(|| "unknown".to_string(), |t| t.kind.clone()),
-            Err(_) => "unknown".to_string(),
-        };
         let mut side = TrySide::default();
         let outcome = match self
             .execute(
@@ -578,7 +573,7 @@ impl Executor {
                 bytes_out: as_i64(m.bytes_out),
             },
             proposals,
-            kind,
+            kind: side.kind.unwrap_or_else(|| "unknown".to_string()),
             counted: m,
             rendered: side.rendered,
         }
@@ -598,12 +593,6 @@ impl Executor {
             error,
             retryable: false,
         };
-        if c.pool_missing {
-            return fatal(format!(
-                "pool `{}` does not exist; create it (`sluice pools set {} SLOTS`) or change the task's pool",
-                c.pool, c.pool
-            ));
-        }
         let dag = match self.store.dag_version(c.dag_version_id).await {
             Ok(d) => d,
             Err(e) => {
@@ -613,6 +602,13 @@ impl Executor {
                 }
             }
         };
+        side.kind = dag.task(&c.task_id).map(|t| t.kind.clone());
+        if c.pool_missing {
+            return fatal(format!(
+                "pool `{}` does not exist; create it (`sluice pools set {} SLOTS`) or change the task's pool",
+                c.pool, c.pool
+            ));
+        }
         let Some(task) = dag.task(&c.task_id) else {
             return fatal(format!(
                 "task {} is not in DAG {} (version {})",
